@@ -1,0 +1,300 @@
+"""The ``edgeopt`` command line. It parses flags, calls the public API and prints; no logic of its own.
+
+Exit codes: 0 ok · 1 internal error (a bug) · 2 usage or profile error · 3 invalid or unsafe input file ·
+4 model or op not supported by the chosen format · 5 no candidate fits / fidelity below tolerance ·
+6 out of memory or disk · 7 device or transport error · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeopt import __version__
+from edgeopt.errors import EdgeoptError, UsageError
+
+MB = 1024 * 1024
+_MODEL_HELP = "Hugging Face directory, hub id, or file.py:factory (default: the built-in all-MiniLM-L6-v2)"
+
+
+def _console(json_out: bool = False, *, uses_torch: bool = False):
+    from edgeopt.console import Console
+
+    if uses_torch:
+        _quiet_torch()
+    return Console(quiet=json_out)
+
+
+def _quiet_torch() -> None:
+    """torch installs its own log handlers at import (exporter registration, pytree notices): quiet them after."""
+    import logging
+
+    import torch  # noqa: F401 - imported for its logging set-up, which must happen before we lower the levels
+
+    for name in ("torch", "torch.onnx", "torch.utils._pytree", "torch.export", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _quiet_libraries() -> None:
+    """The converters print progress bars and warnings of their own; the CLI owns the terminal."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "torch", "onnxscript", "onnx_ir", "torchao", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeopt")
+def cli() -> None:
+    """edgeopt: plan, package, verify and benchmark a model for a device profile."""
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def profiles() -> None:
+    """List, show, validate and detect device profiles."""
+
+
+@profiles.command("list")
+@click.option("--json", "json_out", is_flag=True, help="Print JSON.")
+def profiles_list(json_out: bool) -> None:
+    """The built-in profiles."""
+    from edgeopt.profiles import load_builtin_profiles
+
+    profs = load_builtin_profiles()
+    if json_out:
+        click.echo(json.dumps([p.to_dict() for p in profs], indent=2))
+        return
+    rows = [[p.name, p.device.cpu or p.device.arch, str(p.limits.model_ram_mb), str(p.limits.model_storage_mb),
+             ", ".join(x.value for x in p.limits.precisions), ", ".join(r.value for r in p.runtimes)] for p in profs]
+    _console().table(None, ["name", "device", "RAM MB", "storage MB", "precisions", "runtimes"], rows)
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """Print a profile (built-in name or YAML path) as resolved YAML."""
+    from edgeopt.profiles import dump_profile_yaml, load_profile
+
+    click.echo(dump_profile_yaml(load_profile(name).to_dict(), header=f"# resolved from {name}\n"), nl=False)
+
+
+@profiles.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+def profiles_validate(file: str) -> None:
+    """Check a profile file; every problem is listed at once."""
+    from edgeopt.profiles import load_profile
+
+    p = load_profile(file)
+    click.echo(f"{file}: ok (profile {p.name!r})")
+
+
+@profiles.command("detect")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here instead of stdout.")
+@click.option("--name", default="this-machine", show_default=True)
+def profiles_detect(out: str | None, name: str) -> None:
+    """Write a profile for the machine this runs on (psutil, CPU flags, a bandwidth probe)."""
+    from edgeopt.profiles import detect_profile, dump_profile_yaml
+
+    text = dump_profile_yaml(detect_profile(name))
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+# --- inspect / plan ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--model", "model", default=None, help=_MODEL_HELP)
+@click.option("--profile", "profile_name", default="arm-mobile", show_default=True, help="Shapes come from this profile.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
+@click.option("--json", "json_out", is_flag=True, help="Print JSON.")
+def inspect(model: str | None, profile_name: str, allow_pickle: bool, json_out: bool) -> None:
+    """Parameters, bytes per precision, FLOPs, memory, and fit against every built-in profile."""
+    from edgeopt import api
+
+    con = _console(json_out, uses_torch=True)
+    with con.working("inspecting"):
+        report = api.inspect(model, profile=profile_name, allow_pickle=allow_pickle, progress=con.progress)
+    if json_out:
+        click.echo(json.dumps(report, indent=2))
+        return
+    s = report["stats"]
+    con.line(f"{s['model_name']} ({s['family']}): {s['params_total']:,} parameters; "
+             f"at batch {s['batch']}, seq {s['seq_len']}: {s['flops'] / 1e9:.2f} GFLOPs, "
+             f"activation peak {s['activation_peak_bytes'] / MB:.1f} MB")
+    con.table("parameters by module kind", ["kind", "params", "share"],
+              [[k, f"{v:,}", f"{v / max(s['params_total'], 1):.1%}"] for k, v in s["params_by_kind"].items()])
+    con.table("weight bytes by precision", ["precision", "MB"], [[k, f"{v / MB:.1f}"] for k, v in s["bytes_at"].items()])
+    con.table("fit against the built-in profiles", ["profile", "precision", "size MB", "RAM MB", "est ms", "fits", "reason"],
+              [[r["profile"], r["precision"], f"{r['artifact_mb']:.1f}", f"{r['peak_ram_mb']:.0f}",
+                f"{r['latency_ms']:.1f}", "yes" if r["fits"] else "no", r.get("reason") or ""] for r in report["fit"]])
+
+
+@cli.command()
+@click.option("--profile", "profile_name", required=True, help="Built-in profile name or YAML path.")
+@click.option("--model", "model", default=None, help=_MODEL_HELP)
+@click.option("--format", "fmt", default=None, help="Only this runtime/format (onnx|onnxruntime|pte|executorch|tflite|litert).")
+@click.option("--precision", default=None, help="Only this precision (fp32|fp16|int8|int4).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
+@click.option("--json", "json_out", is_flag=True, help="Print JSON.")
+def plan(profile_name: str, model: str | None, fmt: str | None, precision: str | None, allow_pickle: bool, json_out: bool) -> None:
+    """Print the candidate table (estimates, status, reason) without building anything."""
+    from edgeopt import api
+
+    con = _console(json_out, uses_torch=True)
+    with con.working("planning"):
+        p = api.make_plan(model, profile=profile_name, fmt=fmt, precision=precision, allow_pickle=allow_pickle,
+                          progress=con.progress)
+    if json_out:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    _print_plan(con, p.to_dict(), f"plan for {p.model_name} on {p.profile_name}")
+    if not p.feasible:
+        raise _nofit(p)
+
+
+def _print_plan(con, plan_dict: dict, title: str) -> None:
+    from edgeopt.report import PLAN_HEADER, plan_rows
+
+    rows = plan_rows(plan_dict)
+    chosen = next((i for i, r in enumerate(plan_dict["rows"]) if r["status"] == "chosen"), None)
+    con.table(title, PLAN_HEADER, rows, highlight_row=chosen)
+
+
+def _nofit(p):
+    from edgeopt.errors import NoFitError
+
+    err = NoFitError(f"no candidate fits profile {p.profile_name!r}; the table above gives each reason")
+    return err
+
+
+# --- package -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--profile", "profile_name", required=True, help="Built-in profile name or YAML path.")
+@click.option("--model", "model", default=None, help=_MODEL_HELP)
+@click.option("--out", default="dist", show_default=True, type=click.Path(file_okay=False), help="Bundles go to OUT/<model>-<profile>/.")
+@click.option("--format", "fmt", default=None, help="Bypass the planner's runtime choice.")
+@click.option("--precision", default=None, help="Bypass the planner's precision choice.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
+@click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
+def package(profile_name: str, model: str | None, out: str, fmt: str | None, precision: str | None, force: bool,
+            allow_pickle: bool, json_out: bool) -> None:
+    """Plan, build, verify in the real runtime, and write a bundle."""
+    from edgeopt import api
+
+    con = _console(json_out, uses_torch=True)
+    try:
+        with con.working("packaging"):
+            result = api.package(model, profile=profile_name, out=out, fmt=fmt, precision=precision, force=force,
+                                 allow_pickle=allow_pickle, progress=con.progress)
+    except EdgeoptError as e:
+        plan_obj = getattr(e, "plan", None)
+        if plan_obj is not None and not json_out:
+            _print_plan(con, plan_obj.to_dict(), f"plan for {plan_obj.model_name} on {plan_obj.profile_name}")
+            raise type(e)(str(e).splitlines()[0]) from None
+        raise
+    if json_out:
+        click.echo(json.dumps(result.manifest, indent=2))
+        return
+    m = result.manifest
+    _print_plan(con, m["plan"], f"plan for {m['model']['name']} on {m['profile']['name']}")
+    art, fid = m["artifacts"][0], m["fidelity"]
+    con.line(f"bundle: {result.bundle_path}")
+    con.line(f"  {art['file']}: {art['runtime']} {art['precision']} ({art['scheme']['description']}), "
+             f"{art['bytes'] / MB:.1f} MB")
+    con.line(f"  fidelity vs fp32 on {fid['samples']} held-out inputs: mean cosine {fid['mean_cosine']:.4f}, "
+             f"worst {fid['min_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
+    con.line(f"  next: edgeopt bench {result.bundle_path} --device local")
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--device", default="local", show_default=True, help="local (ssh:// and adb come with the device transports).")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--min-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Default: the profile's threads.")
+@click.option("--json", "json_out", is_flag=True, help="Print the result JSON only.")
+def bench(bundle: str, device: str, runs: int, min_seconds: float, warmup: int, repeats: int, threads: int | None,
+          json_out: bool) -> None:
+    """Run the bundle's runner on a device and print the result."""
+    from edgeopt import api
+
+    con = _console(json_out)
+    with con.working(f"benchmarking on {device}"):
+        result = api.bench(bundle, device=device, runs=runs, min_seconds=min_seconds, warmup=warmup, repeats=repeats,
+                           threads=threads)
+    if json_out:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from edgeopt.bench.result import format_table
+
+    con.line(format_table(result))
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map every error to its documented exit code with one line, no traceback."""
+    import signal
+
+    _quiet_libraries()
+    # SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        cli.main(args=argv, prog_name="edgeopt", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except EdgeoptError as e:
+        _console().error(str(e))
+        return e.exit_code
+    except MemoryError:
+        print("error: out of memory; try a smaller model or a machine with more RAM", file=sys.stderr)
+        return 6
+    except Exception as e:  # noqa: BLE001 - a bug: say so, traceback only on request
+        if os.environ.get("EDGEOPT_DEBUG"):
+            raise
+        print(f"internal error (a bug in edgeopt): {type(e).__name__}: {e}\n"
+              "rerun with EDGEOPT_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

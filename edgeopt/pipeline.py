@@ -1,0 +1,248 @@
+"""The package flow: load → analyse → plan → (build → verify)* → bundle.
+
+``package`` walks the plan's feasible candidates in order, builds each in its packager, runs it in its
+real runtime on held-out inputs and accepts the first whose fidelity meets the profile's tolerance.
+A quantized candidate that misses is retried with its most sensitive layers kept at float before the
+next candidate is tried. Every attempt is recorded in the plan, with what it measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from edgeopt.errors import EdgeoptError, FidelityError, NoFitError, UnsupportedError
+from edgeopt.formats import Precision, Runtime
+from edgeopt.planner import CandidateRow, Plan, Status, make_plan
+
+EVAL_SAMPLES = 16  # held-out inputs for fidelity
+CALIBRATION_SAMPLES = 4  # for sensitivity (and, later, static quantization)
+PARITY_SAMPLES = 8  # stored in inputs.npz for the device runner
+# Fractions of the linear layers kept float, tried in turn when a quantized build misses the tolerance.
+KEEP_FLOAT_STEPS = (1 / 12, 1 / 6, 1 / 4)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PackageResult:
+    bundle_path: Path
+    manifest: dict
+    plan: Plan
+
+
+def package(profile, model: str | None = None, *, out: Path = Path("dist"), runtime: Runtime | None = None,
+            precision: Precision | None = None, force: bool = False, allow_pickle: bool = False,
+            progress: Progress | None = None) -> PackageResult:
+    """Build, verify and bundle the best candidate for ``model`` on ``profile``.
+
+    Raises:
+        NoFitError: nothing fits the estimates, or every built candidate missed the tolerance (exit 5).
+        BundleError / ResourceError: the output cannot be written (exit 2 / 6).
+    """
+    from edgeopt.analysis import analyse
+    from edgeopt.bundle import BundleWriter, bundle_dir
+    from edgeopt.models import load_model
+
+    say = progress or (lambda _msg: None)
+    say("load: reading the model")
+    loaded = load_model(model, allow_pickle=allow_pickle)
+    shapes = profile.shapes
+    say(f"analyse: {loaded.name} at batch {shapes.batch}, seq {shapes.seq_len}")
+    stats = analyse(loaded, shapes.batch, shapes.seq_len, shapes.context_len)
+    plan = make_plan(stats, profile, runtimes=[runtime] if runtime else None,
+                     precisions=[precision] if precision else None)
+    if not plan.feasible:
+        raise _no_fit(plan, "no candidate fits the profile's limits")
+    target = bundle_dir(Path(out), loaded.name, profile.name)
+    protected = (Path(loaded.source),) if Path(loaded.source).exists() else ()
+    with BundleWriter(target, force=force, protected=protected) as writer:
+        data = _Data(loaded, shapes.batch, shapes.seq_len)
+        artifact, fidelity, expected = _build_first_passing(plan, loaded, profile, data, writer.staging / ".work", say)
+        say(f"bundle: writing {target}")
+        manifest = _write_bundle(writer.staging, loaded, stats, profile, plan, artifact, fidelity, data, expected)
+        writer.commit()
+    return PackageResult(target, manifest, plan)
+
+
+class _Data:
+    """Samples and fp32 reference outputs, computed once and shared by every attempt."""
+
+    def __init__(self, loaded, batch: int, seq_len: int):
+        import torch
+
+        self.shapes = (batch, seq_len)
+        self.eval = loaded.sample_inputs(EVAL_SAMPLES, batch=batch, seq_len=seq_len, split="eval")
+        self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
+        with torch.no_grad():
+            self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
+        self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
+        self._sensitivity = None
+
+    def sensitivity(self, loaded):
+        if self._sensitivity is None:
+            from edgeopt.quantize import sensitivity
+
+            self._sensitivity = sensitivity.measure(loaded.module, self.calibration)
+        return self._sensitivity
+
+
+def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, say: Progress):
+    from edgeopt.packagers import get_packager
+
+    tol = profile.targets.fidelity
+    for row in plan.feasible:
+        packager = get_packager(row.candidate.runtime)
+        try:
+            packager.check_available()
+        except EdgeoptError as e:
+            _reject(row, str(e))
+            continue
+        scheme = row.candidate.scheme
+        for keep in _keep_float_schedule(data, loaded, scheme):
+            attempt_scheme = scheme.with_keep_float(keep) if keep else scheme
+            say(f"export: {row.candidate.key} ({attempt_scheme.describe()})")
+            try:
+                artifact = packager.export(loaded, attempt_scheme, work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}",
+                                           shapes=data.shapes, calibration=data.calibration)
+            except UnsupportedError as e:
+                _reject(row, str(e))
+                break
+            say(f"verify: {row.candidate.key} in {row.candidate.runtime.value} on {len(data.eval)} held-out inputs")
+            fidelity, expected = _verify(packager, artifact, loaded, data)
+            row.attempts.append({"scheme": attempt_scheme.to_dict(), "fidelity": fidelity.to_dict(),
+                                 "bytes": artifact.path.stat().st_size, "build_seconds": round(artifact.build_seconds, 2)})
+            miss = _misses(fidelity, tol)
+            if miss is None:
+                row.status, row.fidelity = Status.CHOSEN, fidelity.to_dict()
+                row.candidate = type(row.candidate)(row.candidate.runtime, row.candidate.precision, attempt_scheme)
+                say(f"verify: {row.candidate.key} passes: {fidelity.summary()}")
+                return artifact, fidelity, expected
+            say(f"verify: {row.candidate.key} misses: {miss}")
+            row.fidelity = fidelity.to_dict()
+            if not fidelity.finite:
+                break
+        if row.status is not Status.REJECTED:
+            _reject(row, _attempts_reason(row, tol))
+    raise _no_fit(plan, "every candidate built missed the fidelity tolerance or failed to build",
+                  cls=FidelityError)
+
+
+def _keep_float_schedule(data: _Data, loaded, scheme) -> Iterator[tuple[str, ...]]:
+    """The plain scheme first; for quantized schemes, then the most sensitive layers kept float."""
+    yield ()
+    if not scheme.is_quantized:
+        return
+    ranked = [s.name for s in data.sensitivity(loaded)]
+    for fraction in KEEP_FLOAT_STEPS:
+        k = max(1, round(len(ranked) * fraction))
+        yield tuple(ranked[:k])
+
+
+def _verify(packager, artifact, loaded, data: _Data):
+    from edgeopt.verify import compare
+
+    outputs = packager.run(artifact, data.eval_np)
+    fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
+    return fidelity, outputs
+
+
+def _misses(fidelity, tol) -> str | None:
+    if not fidelity.finite:
+        return "outputs contain NaN or Inf"
+    if fidelity.mean_cosine < tol.min_cosine:
+        return f"mean cosine {fidelity.mean_cosine:.4f} < {tol.min_cosine}"
+    if tol.min_sqnr_db is not None and fidelity.sqnr_db < tol.min_sqnr_db:
+        return f"SQNR {fidelity.sqnr_db:.1f} dB < {tol.min_sqnr_db} dB"
+    return None
+
+
+def _attempts_reason(row: CandidateRow, tol) -> str:
+    parts = []
+    for a in row.attempts:
+        kept = len(a["scheme"]["keep_float"])
+        cos = a["fidelity"]["mean_cosine"]
+        label = f"{kept} layers float" if kept else "as planned"
+        parts.append(f"{label}: cosine {cos:.4f}" if cos is not None else f"{label}: NaN/Inf outputs")
+    return f"measured fidelity below min_cosine {tol.min_cosine} ({'; '.join(parts)})"
+
+
+def _reject(row: CandidateRow, reason: str) -> None:
+    row.status = Status.REJECTED
+    row.reasons.append(reason)
+
+
+def _no_fit(plan: Plan, headline: str, cls=NoFitError) -> NoFitError:
+    err = cls(f"{headline}\n{plan.why_nothing_fits()}")
+    err.plan = plan
+    return err
+
+
+def _write_bundle(staging: Path, loaded, stats, profile, plan, artifact, fidelity, data: _Data, expected) -> dict:
+    import numpy as np
+
+    from edgeopt import __version__, report
+    from edgeopt.bundle import SCHEMA_VERSION, file_hashes, sha256_file, write_json
+    from edgeopt.packagers import get_packager
+    from edgeopt.resources import builtin_dir
+
+    final = staging / artifact.path.name
+    shutil.move(str(artifact.path), final)
+    for extra in artifact.extra_files:
+        shutil.move(str(extra), staging / extra.name)
+    shutil.rmtree(staging / ".work", ignore_errors=True)
+
+    k = min(PARITY_SAMPLES, len(data.eval_np))
+    arrays = {}
+    for i, name in enumerate(loaded.input_names):
+        arrays[f"input.{name}"] = np.stack([s[i] for s in data.eval_np[:k]])
+    for j, name in enumerate(loaded.output_names):
+        arrays[f"reference.{name}"] = np.stack([r[j] for r in data.reference[:k]])
+        arrays[f"expected.{name}"] = np.stack([np.asarray(e[j]) for e in expected[:k]])
+    np.savez(staging / "inputs.npz", **arrays)
+
+    runtimes_dir = builtin_dir("runtimes")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "__init__.py")
+    shutil.copytree(runtimes_dir / "common", staging / "runner" / "common", ignore=ignore)
+    shutil.copytree(runtimes_dir / artifact.runtime.value, staging / "runner" / artifact.runtime.value, ignore=ignore)
+    shutil.copy2(runtimes_dir / "common" / "bench.sh", staging / "bench.sh")
+    (staging / "bench.sh").chmod(0o755)
+
+    packager = get_packager(artifact.runtime)
+    entry = {
+        "file": final.name,
+        "format": artifact.format.value,
+        "runtime": artifact.runtime.value,
+        "precision": artifact.precision.value,
+        "scheme": artifact.scheme.to_dict(),
+        "sha256": sha256_file(final),
+        "bytes": final.stat().st_size,
+        "inputs": [t.to_dict() for t in artifact.inputs],
+        "outputs": [t.to_dict() for t in artifact.outputs],
+        "quantization": artifact.coverage.to_dict() if artifact.coverage else None,
+        "fidelity": fidelity.to_dict(),
+        "details": artifact.details,
+    }
+    chosen = plan.chosen
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "edgeopt_version": __version__,
+        "created_unix": int(time.time()),
+        "toolchain": packager.toolchain_versions(),
+        "model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.source_sha256,
+                  "family": loaded.family.value, "inputs": list(loaded.input_names), "outputs": list(loaded.output_names)},
+        "profile": profile.to_dict(),
+        "stats": stats.to_dict(),
+        "plan": plan.to_dict(),
+        "artifacts": [entry],
+        "estimates": chosen.estimate if chosen else None,
+        "fidelity": fidelity.to_dict(),
+    }
+    (staging / "README.md").write_text(report.bundle_readme(manifest), encoding="utf-8")
+    (staging / "report.md").write_text(report.bundle_report(manifest), encoding="utf-8")
+    manifest["files"] = file_hashes(staging)
+    write_json(staging / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,145 @@
+"""Candidate search: enumerate runtime × precision, estimate, reject with reasons, order the rest.
+
+This first planner orders feasible candidates by the profile's runtime preference, then by estimated
+artifact size (smallest first): the smallest artifact that meets the fidelity tolerance wins, since on
+a device a smaller model is also the faster and cheaper one. The build-and-verify loop that walks this
+order lives in ``edgeopt.pipeline``; rows it tries get their measured fidelity recorded here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from edgeopt.formats import Precision, Runtime
+from edgeopt.quantize import QuantScheme, default_scheme
+
+
+class Status(str, enum.Enum):
+    CHOSEN = "chosen"
+    FEASIBLE = "feasible"  # fits the estimates; not (yet) built
+    REJECTED = "rejected"  # by an estimate, a capability, or a measurement
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runtime: Runtime
+    precision: Precision
+    scheme: QuantScheme
+
+    @property
+    def key(self) -> str:
+        return f"{self.runtime.value}/{self.precision.value}"
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime.value, "precision": self.precision.value, "scheme": self.scheme.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candidate":
+        return cls(Runtime(d["runtime"]), Precision(d["precision"]), QuantScheme.from_dict(d["scheme"]))
+
+
+@dataclass
+class CandidateRow:
+    """One line of the plan table."""
+
+    candidate: Candidate
+    estimate: dict | None  # Estimate.to_dict(); None when no estimate applies
+    status: Status
+    reasons: list[str] = field(default_factory=list)
+    fidelity: dict | None = None  # Fidelity.to_dict() once built and measured
+    attempts: list[dict] = field(default_factory=list)  # each build tried: scheme + measured fidelity
+
+    def to_dict(self) -> dict:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "estimate": self.estimate,
+            "status": self.status.value,
+            "reasons": list(self.reasons),
+            "fidelity": self.fidelity,
+            "attempts": list(self.attempts),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CandidateRow":
+        return cls(Candidate.from_dict(d["candidate"]), d.get("estimate"), Status(d["status"]), list(d.get("reasons", [])),
+                   d.get("fidelity"), list(d.get("attempts", [])))
+
+
+@dataclass
+class Plan:
+    """The candidate table for one model on one profile, in the order candidates are tried."""
+
+    model_name: str
+    profile_name: str
+    rows: list[CandidateRow]
+
+    @property
+    def feasible(self) -> list[CandidateRow]:
+        return [r for r in self.rows if r.status is Status.FEASIBLE]
+
+    @property
+    def chosen(self) -> CandidateRow | None:
+        return next((r for r in self.rows if r.status is Status.CHOSEN), None)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "profile": self.profile_name, "rows": [r.to_dict() for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(d["model"], d["profile"], [CandidateRow.from_dict(r) for r in d["rows"]])
+
+    def why_nothing_fits(self) -> str:
+        lines = [f"no candidate fits profile {self.profile_name!r} for {self.model_name}:"]
+        lines += [f"  {r.candidate.key}: {'; '.join(r.reasons)}" for r in self.rows]
+        return "\n".join(lines)
+
+
+def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
+              precisions: list[Precision] | None = None) -> Plan:
+    """Estimate every runtime × precision candidate for ``stats`` on ``profile``; nothing is built.
+
+    ``runtimes``/``precisions`` restrict the space (``--format``/``--precision`` overrides); a
+    restriction the profile does not allow is still listed, rejected with the reason.
+    """
+    from edgeopt.packagers import PACKAGERS, available_runtimes
+    from edgeopt.planner.cost import estimate
+
+    have = set(available_runtimes())
+    rows = []
+    for runtime in runtimes or list(profile.runtimes):
+        for precision in precisions or list(Precision):
+            cand = Candidate(runtime, precision, default_scheme(precision))
+            reasons = []
+            if runtime not in profile.runtimes:
+                reasons.append(f"{runtime.value} not in the profile's runtimes ({', '.join(r.value for r in profile.runtimes)})")
+            if precision not in profile.limits.precisions:
+                reasons.append(f"{precision.value} not in the profile's precisions")
+            if runtime not in have:
+                reasons.append(f"no {runtime.value} packager in this edgeopt version")
+            else:
+                caps = PACKAGERS.get(runtime.value).capabilities
+                if precision not in caps.precisions:
+                    reasons.append(caps.notes.get(precision, f"{runtime.value} packager cannot build {precision.value}"))
+            est = estimate(stats, profile, runtime, precision)
+            reasons += _budget_reasons(est, profile)
+            rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
+    runtime_rank = {r: i for i, r in enumerate(runtimes or profile.runtimes)}
+    rows.sort(key=lambda r: (r.status is not Status.FEASIBLE, runtime_rank.get(r.candidate.runtime, 99),
+                             r.estimate["artifact_bytes"] if r.estimate else 0))
+    return Plan(stats.model_name, profile.name, rows)
+
+
+def _budget_reasons(est, profile) -> list[str]:
+    mb = 1024 * 1024
+    reasons = []
+    ram_mb = est.peak_ram_bytes / mb
+    if ram_mb > profile.limits.model_ram_mb:
+        reasons.append(f"exceeds model_ram_mb: {ram_mb:.0f} > {profile.limits.model_ram_mb}")
+    size_mb = est.artifact_bytes / mb
+    if size_mb > profile.limits.model_storage_mb:
+        reasons.append(f"exceeds model_storage_mb: {size_mb:.0f} > {profile.limits.model_storage_mb}")
+    target = profile.targets.latency_ms
+    if target is not None and est.latency_ms > target:
+        reasons.append(f"estimated latency {est.latency_ms:.1f} ms > target {target:g} ms")
+    return reasons

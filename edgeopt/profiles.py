@@ -1,0 +1,894 @@
+"""Device profiles: the YAML a user writes, validated once into frozen dataclasses.
+
+A profile names a device class and gives the planner its numbers: memory and storage limits, the
+precisions and runtimes the hardware runs well, roofline inputs, the shapes to plan for and the
+fidelity an artifact must keep. Loading is strict and reports everything at once: all problems in a
+file are collected and raised as one ``ProfileError`` whose lines name the file, the line, the key
+path, the value found, what is allowed and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import math
+import os
+import re
+import reprlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from edgeopt.errors import ProfileError
+from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.registry import unknown_name_message
+from edgeopt.resources import builtin_dir
+
+SCHEMA_VERSION = 1
+MAX_PROFILE_BYTES = 1 << 20  # a profile is ~2 KB; anything near a MiB is the wrong file or an attack
+_MAX_DEPTH = 16  # the schema is 3 levels deep; the bound keeps PyYAML's recursive composer safe
+_MAX_NODES = 10_000
+
+
+# ----------------------------------------------------------------------------------------------
+# The typed profile
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """The hardware: ``cores`` counts logical CPUs (what ``os.cpu_count()`` reports)."""
+
+    arch: str
+    cores: int
+    ram_gb: float
+    cpu: str = ""  # named hardware, e.g. "Snapdragon 8 Gen 2 (1x X3 + 2x A715 + 2x A710 + 3x A510)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one model may use: run-time memory, artifact size, and the precisions worth running."""
+
+    model_ram_mb: int
+    model_storage_mb: int
+    precisions: tuple[Precision, ...]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Roofline inputs: sustained rates with ``threads`` threads. ``None`` lets the cost model derive one."""
+
+    threads: int
+    fp32_gflops: float
+    int8_gops: float
+    memory_bandwidth_gbps: float
+    fp16_gflops: float | None = None
+    int4_gops: float | None = None
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Input shapes to plan for; ``context_len`` is the KV-cache length of decoder LMs."""
+
+    batch: int = 1
+    seq_len: int = 128
+    context_len: int | None = None
+
+
+@dataclass(frozen=True)
+class FidelityTargets:
+    """How close an artifact's outputs must stay to fp32; LM-only keys are ignored for encoders."""
+
+    min_cosine: float = 0.99
+    min_sqnr_db: float | None = None
+    max_perplexity_ratio: float | None = None
+    max_kl: float | None = None
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the profile asks of an artifact: a latency budget (optional) and fidelity."""
+
+    latency_ms: float | None = None
+    fidelity: FidelityTargets = FidelityTargets()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated device profile. ``source`` is the file it came from or ``builtin:NAME``."""
+
+    name: str
+    description: str
+    device: DeviceSpec
+    limits: Limits
+    compute: Compute
+    runtimes: tuple[Runtime, ...]
+    shapes: Shapes
+    targets: Targets
+    schema_version: int = SCHEMA_VERSION
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict in the YAML's layout (enums as strings, ``source`` left out)."""
+        raw = dataclasses.asdict(self)
+        raw.pop("source")
+        return _plain({"schema_version": raw.pop("schema_version"), **raw})
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> "Profile":
+        """Validate ``data`` (parsed YAML) and build the profile.
+
+        Raises:
+            ProfileError: listing every problem, one per line: file, key path, value, allowed, fix.
+        """
+        if not isinstance(data, dict):
+            raise ProfileError(
+                f"{source}: a profile must be a mapping with keys {', '.join(_SCHEMA.keys)}, got {_show(data)}"
+            )
+        checker = _Checker(source, data)
+        values = checker.walk(data, _SCHEMA, ())
+        checker.cross_check(values)
+        checker.raise_if_any()
+        return _build(values, source)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _build(v: dict, source: str) -> Profile:
+    targets = v.get("targets", {})
+    return Profile(
+        name=v["name"],
+        description=v.get("description", ""),
+        device=DeviceSpec(**v["device"]),
+        limits=Limits(**v["limits"]),
+        compute=Compute(**v["compute"]),
+        runtimes=v["runtimes"],
+        shapes=Shapes(**v.get("shapes", {})),
+        targets=Targets(
+            latency_ms=targets.get("latency_ms"), fidelity=FidelityTargets(**targets.get("fidelity", {}))
+        ),
+        schema_version=v.get("schema_version", SCHEMA_VERSION),
+        source=source,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Value parsers: each returns the typed value or raises _Bad("must be ..., got ... (fix)")
+# ----------------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """Problems with one value: (suffix of the key path, e.g. "[2]", message) pairs."""
+
+    def __init__(self, message: str, at: str = ""):
+        super().__init__(message)
+        self.problems = [(at, message)]
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = 6
+
+
+def _show(value: Any) -> str:
+    """A short, bounded rendering of a YAML value for messages."""
+    try:
+        return _render(value)
+    except ValueError:  # an int past Python's 4300-digit str() limit, nested in a list
+        return f"a {type(value).__name__} too large to print"
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, dict):
+        return f"a mapping {_repr.repr(dict(value))}"
+    if isinstance(value, list):
+        return f"a list {_repr.repr(value)}"
+    return _repr.repr(value)
+
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt])i?b?\s*$", re.IGNORECASE)
+# a number, maybe followed by a unit word: "1e3", "40 GB/s", "120 GFLOPS" (not "0o4" or "1,5")
+_LEADING_NUMBER = re.compile(r"^\s*([-+]?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)\s*[a-z/%]*\s*$", re.IGNORECASE)
+_POWER = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def _number_text(number: float, integer: bool) -> str | None:
+    if not math.isfinite(number):
+        return None
+    return str(max(1, round(number))) if integer else f"{number:g}"
+
+
+def _suggest(value: Any, unit: str | None, integer: bool) -> str:
+    """The fix for a value that is not a number, e.g. '6GB' for a ``*_mb`` key -> 'write 6144'."""
+    if isinstance(value, bool):
+        return "write a number; YAML reads true/false/yes/no/on/off as booleans"
+    number = None
+    if isinstance(value, str):
+        size = _SIZE.match(value)
+        lead = _LEADING_NUMBER.match(value)
+        if size and unit in ("mb", "gb"):
+            number = float(size[1]) * 1024.0 ** (_POWER[size[2].lower()] - _POWER[unit[0]])
+        elif lead:
+            number = float(lead[1])
+    elif isinstance(value, float) and integer:
+        number = value
+    text = _number_text(abs(number), integer) if number is not None else None  # every number here is positive
+    if text is None:
+        return "write a single plain number"
+    return f"write {text}" + (", without quotes or units" if isinstance(value, str) else "")
+
+
+def _positive_int(unit: str | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"must be a positive integer, got {_show(value)} ({_suggest(value, unit, True)})")
+        if value.bit_length() > 53:  # past any real count; also keeps messages printable
+            raise _Bad(f"must be a positive integer below 2**53, got {_show(value)} (write the real number)")
+        if value < 1:
+            raise _Bad(f"must be a positive integer, got {value} (write {-value if value else 'a number >= 1'})")
+        return value
+
+    return parse
+
+
+def _as_float(value: Any, what: str, unit: str | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"must be {what}, got {_show(value)} ({_suggest(value, unit, False)})")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Bad(f"must be {what}, got {_show(value)}, too large to be real (write the real number)") from None
+    if not math.isfinite(number):
+        raise _Bad(f"must be {what}, got {value} (write a finite number)")
+    return number
+
+
+def _positive_number(unit: str | None = None) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        number = _as_float(value, "a positive number", unit)
+        if number <= 0:
+            raise _Bad(f"must be a positive number, got {value:g} (write {-number:g})" if number else
+                       "must be a positive number, got 0 (write a number > 0)")
+        return number
+
+    return parse
+
+
+def _cosine(value: Any) -> float:
+    number = _as_float(value, "a number in (0, 1]")
+    if not 0 < number <= 1:
+        fix = "write e.g. 0.99"
+        if 1 < number <= 100:
+            fix = f"write {number / 100:g}; a cosine similarity is at most 1"
+        raise _Bad(f"must be a number in (0, 1], got {value:g} ({fix})")
+    return number
+
+
+def _ratio(value: Any) -> float:
+    number = _as_float(value, "a number >= 1 (quantized perplexity / fp32 perplexity)")
+    if number < 1:
+        fix = f"write {1 + number:g} for a {number * 100:g}% increase" if number > 0 else "write e.g. 1.05"
+        raise _Bad(f"must be a number >= 1 (quantized perplexity / fp32 perplexity), got {value:g} ({fix})")
+    return number
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)} (put the text in quotes)")
+    return value
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _name(value: Any) -> str:
+    text = _text(value)
+    if not _NAME.match(text):
+        slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64] or "my-device"
+        raise _Bad(
+            f"must be 1-64 characters of a-z, 0-9, '.', '_', '-' starting with a letter or digit "
+            f"(it names output folders), got {_show(value)} (write {slug})"
+        )
+    return text
+
+
+ARCHES = ("arm64", "armv7", "riscv64", "x86_64")
+_ARCH_ALIASES = {"aarch64": "arm64", "amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64",
+                 "armv7l": "armv7", "armhf": "armv7"}
+
+
+def _arch(value: Any) -> str:
+    text = _text(value).strip().lower()
+    text = _ARCH_ALIASES.get(text, text)
+    if text not in ARCHES:
+        raise _Bad(f"must be one of {', '.join(ARCHES)}, got {_show(value)} ({_did_you_mean(str(value), ARCHES)})")
+    return text
+
+
+def _did_you_mean(word: str, choices: Any, fallback: str = "pick one of those") -> str:
+    close = difflib.get_close_matches(word.strip().lower(), list(choices), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else fallback
+
+
+def _member(cls: type[enum.Enum], item: Any) -> Any:
+    allowed = [m.value for m in cls]
+    if isinstance(item, str):
+        for member in cls:
+            if member.value == item.strip().lower():
+                return member
+        if cls is Runtime and item.strip().lower() in {f.value for f in Format}:
+            runtime = Format(item.strip().lower()).runtime.value
+            raise _Bad(f"must be a runtime, got the format {item!r} (write its runtime {runtime!r})")
+    fix = _did_you_mean(item, allowed) if isinstance(item, str) else "write one name"
+    raise _Bad(f"must be one of {', '.join(allowed)}, got {_show(item)} ({fix})")
+
+
+def _enum_list(cls: type[enum.Enum], kind: str) -> Callable[[Any], tuple]:
+    allowed = ", ".join(m.value for m in cls)
+
+    def parse(value: Any) -> tuple:
+        if not isinstance(value, list) or not value:
+            got = "an empty list" if value == [] else _show(value)
+            raise _Bad(f"must be a non-empty list of {kind}s from {allowed}, got {got} (write e.g. [{allowed}])")
+        members: list = []
+        problems: list[tuple[str, str]] = []
+        for i, item in enumerate(value):
+            try:
+                member = _member(cls, item)
+                if member in members:
+                    raise _Bad(f"repeats {member.value!r} (remove the duplicate)")
+                members.append(member)
+            except _Bad as e:
+                problems.append((f"[{i}]", str(e)))
+        if problems:
+            bad = _Bad(problems[0][1], problems[0][0])
+            bad.problems = problems
+            raise bad
+        return tuple(members)
+
+    return parse
+
+
+def _schema_version(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value != SCHEMA_VERSION:
+        raise _Bad(
+            f"must be {SCHEMA_VERSION}, got {_show(value)} (this edgeopt reads schema_version {SCHEMA_VERSION}: "
+            f"write {SCHEMA_VERSION}, or upgrade edgeopt for a profile written for a newer one)"
+        )
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema as data, and the checker that walks it collecting every problem
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Key:
+    parse: Callable[[Any], Any]
+    required: bool = True
+    nullable: bool = False  # an explicit null means "not set": the cost model derives it
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class _Section:
+    keys: dict
+    required: bool = True
+
+
+_SCHEMA = _Section({
+    "schema_version": _Key(_schema_version, required=False),
+    "name": _Key(_name, example="my-board"),
+    "description": _Key(_text, required=False),
+    "device": _Section({
+        "arch": _Key(_arch, example="arm64"),
+        "cores": _Key(_positive_int(), example="8"),
+        "ram_gb": _Key(_positive_number("gb"), example="8"),
+        "cpu": _Key(_text, required=False),
+    }),
+    "limits": _Section({
+        "model_ram_mb": _Key(_positive_int("mb"), example="512"),
+        "model_storage_mb": _Key(_positive_int("mb"), example="200"),
+        "precisions": _Key(_enum_list(Precision, "precision"), example="[fp32, int8]"),
+    }),
+    "compute": _Section({
+        "threads": _Key(_positive_int(), example="4"),
+        "fp32_gflops": _Key(_positive_number(), example="120"),
+        "int8_gops": _Key(_positive_number(), example="480"),
+        "memory_bandwidth_gbps": _Key(_positive_number(), example="40"),
+        "fp16_gflops": _Key(_positive_number(), required=False, nullable=True),
+        "int4_gops": _Key(_positive_number(), required=False, nullable=True),
+    }),
+    "runtimes": _Key(_enum_list(Runtime, "runtime"), example="[executorch, litert, onnxruntime]"),
+    "shapes": _Section({
+        "batch": _Key(_positive_int(), required=False),
+        "seq_len": _Key(_positive_int(), required=False),
+        "context_len": _Key(_positive_int(), required=False, nullable=True),
+    }, required=False),
+    "targets": _Section({
+        "latency_ms": _Key(_positive_number(), required=False, nullable=True),
+        "fidelity": _Section({
+            "min_cosine": _Key(_cosine, required=False),
+            "min_sqnr_db": _Key(_positive_number(), required=False, nullable=True),
+            "max_perplexity_ratio": _Key(_ratio, required=False, nullable=True),
+            "max_kl": _Key(_positive_number(), required=False, nullable=True),
+        }, required=False),
+    }, required=False),
+})
+
+
+def _sections_of(section: _Section, path: tuple = ()) -> dict[str, str]:
+    """key -> the section path it belongs to, for 'it belongs under compute' hints."""
+    homes: dict[str, str] = {}
+    for key, spec in section.keys.items():
+        homes.setdefault(key, ".".join(path) or "the top level")
+        if isinstance(spec, _Section):
+            homes.update({k: v for k, v in _sections_of(spec, path + (key,)).items() if k not in homes})
+    return homes
+
+
+_HOMES = _sections_of(_SCHEMA)
+
+
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) else _show(key)
+
+
+class _Checker:
+    """Walks data against the schema; every problem is recorded, none raised until the end."""
+
+    def __init__(self, source: str, root: dict):
+        self.source = source
+        self.root = root
+        self.problems: list[str] = []
+
+    def add(self, keys: tuple, message: str, at: str = "") -> None:
+        line, node = None, self.root
+        for key in keys:  # the line of the deepest key that exists in the file
+            if not isinstance(node, dict) or key not in node:
+                break
+            line = getattr(node, "lines", {}).get(key, line)
+            node = node[key]
+        where = f"{self.source}:{line}" if line else self.source
+        path = ".".join(_key_text(k) for k in keys) + at
+        self.problems.append(f"{where}: {path} {message}")
+
+    def walk(self, data: dict, section: _Section, path: tuple) -> dict:
+        for key in data:
+            if key not in section.keys:
+                self.unknown(key, section, path)
+        out: dict = {}
+        for key, spec in section.keys.items():
+            keys = path + (key,)
+            if key not in data:
+                if spec.required:
+                    self.add(keys, self.missing_fix(key, spec, path))
+            elif isinstance(spec, _Section):
+                if isinstance(data[key], dict):
+                    out[key] = self.walk(data[key], spec, keys)
+                else:
+                    self.add(keys, f"must be a mapping with keys {', '.join(spec.keys)}, got {_show(data[key])}")
+            elif data[key] is None and spec.nullable:
+                out[key] = None
+            else:
+                try:
+                    out[key] = spec.parse(data[key])
+                except _Bad as bad:
+                    for at, message in bad.problems:
+                        self.add(keys, message, at)
+        return out
+
+    def unknown(self, key: Any, section: _Section, path: tuple) -> None:
+        name = _key_text(key)
+        home = _HOMES.get(name)
+        if home is not None:
+            fix = f"it belongs under {home}: move it there"
+        else:
+            fix = _did_you_mean(name, section.keys, fallback="remove it")
+        self.add(path + (key,), f"is not a known key; allowed here: {', '.join(section.keys)} ({fix})")
+
+    @staticmethod
+    def missing_fix(key: str, spec: Any, path: tuple) -> str:
+        if isinstance(spec, _Section):
+            return f"is missing (a required section with keys {', '.join(spec.keys)})"
+        under = f" under {'.'.join(path)}" if path else ""
+        return f"is missing (required: add `{key}: {spec.example}`{under})"
+
+    def cross_check(self, v: dict) -> None:
+        """Numbers that are each fine but impossible together."""
+        device, limits = v.get("device", {}), v.get("limits", {})
+        compute, shapes = v.get("compute", {}), v.get("shapes", {})
+        ram_gb, ram_mb = device.get("ram_gb"), limits.get("model_ram_mb")
+        if ram_gb and ram_mb and ram_mb > ram_gb * 1024:
+            self.add(("limits", "model_ram_mb"), f"must be at most device.ram_gb * 1024 = {ram_gb * 1024:g}, "
+                     f"got {ram_mb} (a model cannot use more memory than the device has: lower it, "
+                     f"or fix device.ram_gb)")
+        cores, threads = device.get("cores"), compute.get("threads")
+        if cores and threads and threads > cores:
+            self.add(("compute", "threads"), f"must be at most device.cores = {cores}, got {threads} "
+                     f"(write {cores} or fewer, or fix device.cores)")
+        seq_len, context_len = shapes.get("seq_len", Shapes.seq_len), shapes.get("context_len")
+        if seq_len and context_len and context_len < seq_len:
+            self.add(("shapes", "context_len"), f"must be at least shapes.seq_len = {seq_len}, got {context_len} "
+                     f"(the KV cache holds the whole prompt: write {seq_len} or more)")
+
+    def raise_if_any(self) -> None:
+        if len(self.problems) == 1:
+            raise ProfileError(self.problems[0])
+        if self.problems:
+            raise ProfileError(
+                f"{self.source}: {len(self.problems)} problems in this profile:\n  " + "\n  ".join(self.problems)
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading YAML safely: bounded size and depth, no aliases, no tags, no duplicate keys
+# ----------------------------------------------------------------------------------------------
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML construct a profile may not use; carries its position like PyYAML's own errors."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _Located(dict):
+    """A mapping that remembers the line of each key, so problems can name it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict = {}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (alias bombs), deep nesting and foreign tags, and records duplicates."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = self.nodes = 0
+        self.duplicates: list[tuple[Any, Any, int]] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"YAML alias *{event.anchor} is not allowed in a profile (write the value out)",
+                           event.start_mark)
+        self.depth, self.nodes = self.depth + 1, self.nodes + 1
+        if self.depth > _MAX_DEPTH or self.nodes > _MAX_NODES:
+            limits = f"{_MAX_DEPTH} levels, {_MAX_NODES} values"
+            raise _Refused(f"too deep or too large for a profile (limits: {limits})", event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:  # e.g. `!!float abc`, `!!int 1x`
+            problem = f"cannot read {_tag(node)} value {_repr.repr(node.value)}: {e}"
+            raise _Refused(problem, node.start_mark) from None
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> _Located:
+        if not isinstance(node, yaml.MappingNode):
+            raise _Refused(f"expected a mapping, found a {node.id}", node.start_mark)
+        mapping = _Located()
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                problem = f"a mapping key must be a plain name, found a {key_node.id}"
+                raise _Refused(problem, key_node.start_mark) from None
+            line = key_node.start_mark.line + 1
+            if key in mapping:
+                self.duplicates.append((key, key_node.start_mark, mapping.lines[key]))
+                continue
+            mapping[key] = self.construct_object(value_node, deep=deep)
+            mapping.lines[key] = line
+        return mapping
+
+    def construct_undefined(self, node: Any) -> Any:
+        raise _Refused(f"YAML tag {_tag(node)} is not allowed in a profile (profiles are plain data: mappings, "
+                       f"lists, strings, numbers; remove the tag)", node.start_mark)
+
+
+def _tag(node: Any) -> str:
+    return str(node.tag).replace("tag:yaml.org,2002:", "!!")
+
+
+def _construct_map(loader: _StrictLoader, node: Any) -> Any:
+    data = _Located()
+    yield data
+    built = loader.construct_mapping(node)
+    data.update(built)
+    data.lines.update(built.lines)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_StrictLoader.add_constructor(None, _StrictLoader.construct_undefined)
+
+
+def _position(source: str, mark: Any) -> str:
+    return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+
+
+def parse_profile_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse profile YAML text into plain data (not yet validated).
+
+    Raises:
+        ProfileError: syntax errors, aliases, tags, duplicate keys; each with ``source:line:column``.
+    """
+    loader = None
+    try:
+        loader = _StrictLoader(text)  # the reader already rejects control characters here
+        data = loader.get_single_data()
+    except _Refused as e:
+        raise ProfileError(f"{_position(source, e.problem_mark)}: {e.problem}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+        problem = f"YAML syntax error: {e.problem or e.context}{context}"
+        raise ProfileError(f"{_position(source, mark)}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{source}: not valid YAML: {e}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if loader.duplicates:
+        raise ProfileError("\n".join(
+            f"{_position(source, mark)}: duplicate key {_key_text(key)!r} "
+            f"(first written on line {first}; keep one)"
+            for key, mark, first in sorted(loader.duplicates, key=lambda d: (d[1].line, d[1].column))))
+    return data
+
+
+def _read_profile_text(path: Path, shown: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROFILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ProfileError(f"profile file not found: {shown}") from None
+    except IsADirectoryError:
+        raise ProfileError(f"{shown} is a directory, not a profile file (give the .yaml file)") from None
+    except OSError as e:
+        raise ProfileError(f"cannot read profile file {shown}: {e.strerror or e}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError(
+            f"{shown} is larger than 1 MiB; a profile is a few KB of YAML (is this the right file?)"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{shown}: not UTF-8 text (byte offset {e.start}); save the profile as UTF-8") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading by name or path
+# ----------------------------------------------------------------------------------------------
+
+
+def builtin_profile_names() -> list[str]:
+    """Names of the built-in profiles (the YAML files shipped with edgeopt), sorted."""
+    return sorted(p.stem for p in builtin_dir("profiles").glob("*.yaml"))
+
+
+def load_builtin_profiles() -> list[Profile]:
+    """Every built-in profile, sorted by name."""
+    return [load_profile(name) for name in builtin_profile_names()]
+
+
+def _looks_like_path(text: str) -> bool:
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(s in text for s in separators) or text.endswith((".yaml", ".yml")) or os.path.exists(text)
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """Load a built-in profile by name, or a profile YAML file by path.
+
+    A bare name is a built-in first (write ``./arm-mobile`` for a local file of that name).
+
+    Raises:
+        ProfileError: unknown name (with did-you-mean), missing or unreadable file, invalid YAML or
+            an invalid profile (every problem listed).
+    """
+    if isinstance(name_or_path, os.PathLike):
+        shown = os.fspath(name_or_path)
+        return _load_file(Path(shown), str(shown))
+    if not isinstance(name_or_path, str):
+        raise ProfileError(f"a profile is a built-in name or a .yaml path, got {_show(name_or_path)}")
+    names = builtin_profile_names()
+    if name_or_path in names:
+        return _load_file(builtin_dir("profiles") / f"{name_or_path}.yaml", f"builtin:{name_or_path}")
+    if _looks_like_path(name_or_path):
+        return _load_file(Path(name_or_path), name_or_path)
+    hint = " (or give the path of a profile .yaml file)"
+    raise ProfileError(unknown_name_message("profile", name_or_path, names) + hint)
+
+
+def _load_file(path: Path, shown: str) -> Profile:
+    data = parse_profile_yaml(_read_profile_text(path, shown), shown)
+    return Profile.from_dict(data, source=shown)
+
+
+# ----------------------------------------------------------------------------------------------
+# Detecting the machine this runs on
+# ----------------------------------------------------------------------------------------------
+
+# Sustained fp32 FLOPs per cycle per physical core, about half the vector peak, because inference
+# GEMMs on transformer shapes reach roughly half of peak in ONNX Runtime (MLAS) and XNNPACK:
+#   AVX-512: 2 FMA units x 16 lanes x 2 = 64 peak -> 32 (optimistic on parts with one 512-bit FMA unit)
+#   AVX2+FMA: 2 FMA units x 8 lanes x 2 = 32 peak -> 16
+#   NEON (arm64; Cortex-A7x has 2 x 128-bit FMA pipes): 2 x 4 lanes x 2 = 16 peak -> 8
+#   SSE only: 8; anything else: 4 (a guess, written so)
+_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+_FP16_MATH_FLAGS = {"asimdhp", "avx512_fp16"}
+_REPORTED_FLAGS = sorted(
+    {"avx2", "fma", "avx512f", "amx_tile", "asimd", "sve"} | _INT8_DOT_FLAGS | _FP16_MATH_FLAGS
+)
+
+
+def _flops_per_cycle(arch: str, flags: set[str]) -> int:
+    if arch == "x86_64":
+        if "avx512f" in flags:
+            return 32
+        return 16 if {"avx2", "fma"} <= flags else 8
+    return 8 if arch == "arm64" else 4
+
+
+def _cpu_info() -> tuple[str, set[str], float | None]:
+    """CPU name, feature flags and /proc/cpuinfo's MHz (Linux; elsewhere name from platform only)."""
+    import platform
+
+    name, flags, mhz = "", set(), None
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in ("model name", "Model", "Hardware") and not name:
+            name = value
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and mhz is None:
+            try:
+                mhz = float(value)
+            except ValueError:
+                pass
+    if not flags and platform.system() == "Darwin" and platform.machine() == "arm64":
+        flags = {"asimd", "asimddp", "asimdhp"}  # every Apple M-series core has dot product and fp16 math
+    return name or platform.processor() or platform.machine(), flags, mhz
+
+
+def _cpu_ghz(proc_mhz: float | None) -> float:
+    """Max (turbo) clock where known, else the current one; 2.0 GHz when nothing reports it."""
+    import psutil
+
+    try:
+        freq = psutil.cpu_freq()
+    except (OSError, NotImplementedError, AttributeError):
+        freq = None
+    for mhz in (freq and freq.max, freq and freq.current, proc_mhz):
+        if mhz and mhz > 0:
+            return mhz / 1000
+    return 2.0
+
+
+def _measure_copy_gbps(seconds: float = 0.3) -> float:
+    """Best-of copy bandwidth of a 64 MiB array (past most L3 caches), counting read + write.
+
+    One thread: it understates a multi-channel peak, roughly what one inference thread streaming
+    weights sees, so the cost model stays on the safe side.
+    """
+    import time
+
+    import numpy as np
+
+    src = np.ones(64 * 2**20 // 8)
+    dst = np.empty_like(src)
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return 2 * src.nbytes / best / 1e9
+
+
+def detect_profile(name: str = "this-machine") -> dict:
+    """A profile dict for the machine this runs on, from psutil, CPU flags and a short copy benchmark.
+
+    ``device.cores`` is the logical CPU count (``psutil.cpu_count(logical=True)``); ``compute.threads``
+    and the FLOP estimate use physical cores, because SMT siblings share the vector units.
+    Takes about 0.3 s (the bandwidth measurement).
+
+    Raises:
+        ProfileError: ``name`` is not a valid profile name, or the machine is an arch edgeopt has no rules for.
+    """
+    import platform
+    import shutil
+
+    import psutil
+
+    try:
+        _name(name)  # fail before the measurement, with the same message a profile file would get
+    except _Bad as bad:
+        raise ProfileError(f"<detected>: name {bad}") from None
+    arch = _ARCH_ALIASES.get(platform.machine().lower(), platform.machine().lower())
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    physical = min(psutil.cpu_count(logical=False) or logical, logical)
+    cpu, flags, proc_mhz = _cpu_info()
+    ghz = _cpu_ghz(proc_mhz)
+    fp32 = round(physical * ghz * _flops_per_cycle(arch, flags), 1)
+    dot = bool(flags & _INT8_DOT_FLAGS)
+    ram = psutil.virtual_memory().total
+    try:
+        free_mb = shutil.disk_usage(os.getcwd()).free / 2**20
+    except OSError:
+        free_mb = 4096.0
+    precisions = ["fp32"] + (["fp16"] if flags & _FP16_MATH_FLAGS else []) + ["int8"]
+    if "avx2" in flags or arch == "arm64":  # weight-only int4 kernels (MLAS MatMulNBits, XNNPACK qc4w)
+        precisions.append("int4")
+    compute: dict[str, Any] = {
+        "threads": physical,
+        "fp32_gflops": fp32,
+        "int8_gops": round(fp32 * (4 if dot else 2), 1),  # dot-product/VNNI: 4 int8 MACs per fp32 lane
+        "memory_bandwidth_gbps": round(_measure_copy_gbps(), 1),
+    }
+    if flags & _FP16_MATH_FLAGS:
+        compute["fp16_gflops"] = round(fp32 * 2, 1)  # fp16 lanes are twice as many per vector
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "description": f"this machine: {cpu}, {logical} logical / {physical} physical cores at {ghz:.2f} GHz; "
+        f"flags: {' '.join(f for f in _REPORTED_FLAGS if f in flags) or 'none found'}",
+        "device": {"arch": arch, "cores": logical, "ram_gb": round(max(ram / 2**30, 0.01), 2), "cpu": cpu},
+        "limits": {
+            "model_ram_mb": max(1, int(ram / 2**20 * 0.25)),  # a quarter of RAM: the rest is the OS and the app
+            "model_storage_mb": max(1, min(16384, int(free_mb * 0.25))),
+            "precisions": precisions,
+        },
+        "compute": compute,
+        "runtimes": ["executorch", "litert", "onnxruntime"] if arch.startswith("arm")
+        else ["onnxruntime", "executorch", "litert"],
+        "shapes": {"batch": 1, "seq_len": 128},
+        "targets": {"fidelity": {"min_cosine": 0.99}},
+    }
+    Profile.from_dict(data, source="<detected>")
+    return data
+
+
+_DETECT_HEADER = """\
+# edgeopt device profile written by `edgeopt profiles detect`.
+# device and limits come from psutil (limits: a quarter of RAM, a quarter of free disk up to 16 GiB);
+# fp32_gflops = physical cores x max clock x sustained FLOPs/cycle for the CPU's vector flags (about half of
+# peak); int8_gops = 4x that with a dot-product/VNNI flag, else 2x; memory_bandwidth_gbps is a one-thread
+# numpy copy. These are estimates: edit them if you know better numbers for this machine."""
+
+
+def dump_profile_yaml(data: dict, header: str = _DETECT_HEADER) -> str:
+    """YAML text of a profile dict, led by ``header`` (comment lines) saying how it was made."""
+    lines = [line if line.startswith("#") else f"# {line}" for line in header.splitlines()]
+    body = yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+    return "\n".join(lines) + "\n" + body

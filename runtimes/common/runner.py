@@ -1,0 +1,720 @@
+#!/usr/bin/env python3
+"""edgeopt device benchmark runner: load one artifact of a bundle, time it, check parity, print JSON.
+
+Runs ON THE DEVICE with Python 3.9+, the standard library, numpy and the artifact's runtime only
+(no torch, no edgeopt). It is copied into every bundle as ``runner/common/runner.py``; the runtime
+adapters sit beside it as ``runner/<runtime>/backend.py``.
+
+    python3 runner/common/runner.py --bundle DIR [--runtime NAME] [--artifact FILE] [--threads N]
+        [--cores 0,1,2,3] [--warmup 10] [--runs 100] [--min-seconds 5] [--repeats 3] [--out result.json]
+
+stdout carries exactly one JSON object (the shape is ``result_schema.json``); logs go to stderr.
+Exit codes: 0 measured (read ``valid``) · 2 bad flags · 3 artifact or bundle file missing, unreadable or
+failing its sha256 (a result with ``valid: false`` is still printed for a sha256 mismatch) · 4 runtime,
+numpy or the runner for the runtime not installed, or the runtime cannot load/run the verified artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from array import array
+from contextlib import contextmanager
+
+try:  # numpy is required, but its absence must be an exit-4 message, not a traceback
+    import numpy as np
+except ImportError:  # pragma: no cover - exercised on devices without numpy
+    np = None
+
+SCHEMA_VERSION = 1
+EXIT_OK, EXIT_USAGE, EXIT_BAD_FILE, EXIT_UNSUPPORTED = 0, 2, 3, 4
+RUNNER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Which pip package provides each runtime, for the "not installed" message when a backend lacks `pip_package`.
+PIP_PACKAGES = {"onnxruntime": "onnxruntime", "executorch": "executorch", "litert": "ai-edge-litert"}
+FORMAT_RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch", "tflite": "litert"}
+_RUNTIME_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RunnerExit(Exception):
+    """Stop with an exit code and a one-line message (and, for a sha256 mismatch, a result object)."""
+
+    def __init__(self, code, message, result=None):
+        super().__init__(message)
+        self.code = code
+        self.result = result
+
+
+def log(message):
+    print("runner: " + message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+
+def parse_args(argv):
+    """Parse the command line; argparse exits 2 on bad flags."""
+    p = argparse.ArgumentParser(prog="runner.py", description="Benchmark one artifact of an edgeopt bundle.")
+    p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
+    p.add_argument("--runtime", help="runtime of the artifact to run (default: the first artifact's)")
+    p.add_argument("--artifact", help="artifact file name from the manifest (wins over --runtime)")
+    p.add_argument("--threads", type=_positive_int, help="runtime threads (default: the profile's, capped to cores)")
+    p.add_argument("--cores", type=_core_list, help="pin to these CPU ids, e.g. 4,5,6,7 (Linux/Android)")
+    p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs before each repeat")
+    p.add_argument("--runs", type=_positive_int, default=100, help="minimum timed runs per repeat")
+    p.add_argument("--min-seconds", type=_non_negative_float, default=5.0, help="minimum timed seconds per repeat")
+    p.add_argument("--max-seconds", type=_non_negative_float, default=60.0,
+                   help="hard cap on one repeat's timed seconds, so a slow device ends (default 60)")
+    p.add_argument("--max-runs", type=_positive_int, default=100000,
+                   help="hard cap on one repeat's timed runs, bounding memory for very fast models")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed blocks, compared for stability")
+    p.add_argument("--cooldown-s", type=_non_negative_float, default=1.0, help="sleep between repeats")
+    p.add_argument("--max-spread", type=_non_negative_float, default=0.15,
+                   help="invalid when the repeats' p90 differ by more than this fraction of the lowest")
+    p.add_argument("--max-temp-rise-c", type=_non_negative_float, default=15.0,
+                   help="invalid when the hottest thermal zone rose by more than this many degrees C")
+    p.add_argument("--max-freq-drop", type=_non_negative_float, default=0.15,
+                   help="invalid when the mean CPU frequency fell by more than this fraction")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    args = p.parse_args(argv)
+    if args.max_seconds < args.min_seconds:
+        p.error("--max-seconds (%g) must be at least --min-seconds (%g)" % (args.max_seconds, args.min_seconds))
+    return args
+
+
+def _positive_int(text):
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, got %r" % text)
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number, got %r" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative, got %r" % text)
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number, got %r" % text) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite number >= 0, got %r" % text)
+    return value
+
+
+def _core_list(text):
+    try:
+        cores = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be CPU ids separated by commas, e.g. 0,1,2,3; got %r" % text) from None
+    if not cores or cores[0] < 0:
+        raise argparse.ArgumentTypeError("must list CPU ids >= 0, e.g. 0,1,2,3; got %r" % text)
+    return cores
+
+
+# ------------------------------------------------------------------------------- manifest and files
+
+
+def load_manifest(bundle):
+    """Read ``manifest.json``; anything missing or malformed is exit 3 naming the key."""
+    path = os.path.join(bundle, "manifest.json")
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if not isinstance(artifacts, list) or not artifacts:
+        raise RunnerExit(EXIT_BAD_FILE, "%s: 'artifacts' must be a non-empty list" % path)
+    for i, art in enumerate(artifacts):
+        _check_artifact_entry(path, i, art)
+    return manifest
+
+
+def _check_artifact_entry(path, index, art):
+    where = "%s: artifacts[%d]" % (path, index)
+    if not isinstance(art, dict):
+        raise RunnerExit(EXIT_BAD_FILE, "%s must be an object" % where)
+    name = art.get("file")
+    # The file name comes from a file we did not write on this device: keep it inside the bundle.
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+        raise RunnerExit(EXIT_BAD_FILE, "%s.file must be a plain file name inside the bundle, got %r" % (where, name))
+    if not isinstance(art.get("sha256"), str) or not _SHA256.match(art["sha256"]):
+        raise RunnerExit(EXIT_BAD_FILE, "%s.sha256 must be 64 lowercase hex digits" % where)
+    for key in ("inputs", "outputs"):
+        specs = art.get(key)
+        if not isinstance(specs, list) or not specs:
+            raise RunnerExit(EXIT_BAD_FILE, "%s.%s must be a non-empty list of {name, dtype, shape}" % (where, key))
+        for spec in specs:
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                raise RunnerExit(EXIT_BAD_FILE, "%s.%s entries need a string 'name'" % (where, key))
+
+
+def artifact_runtime(art):
+    """The runtime an artifact entry names, else the one its format implies."""
+    if isinstance(art.get("runtime"), str):
+        return art["runtime"]
+    return FORMAT_RUNTIMES.get(art.get("format"), "")
+
+
+def pick_artifact(manifest, file_name, runtime):
+    """The artifact named by ``--artifact``, else the first for ``--runtime``, else the first; exit 2 if absent."""
+    artifacts = manifest["artifacts"]
+    if file_name is not None:
+        found = [a for a in artifacts if a["file"] == file_name]
+        what = "artifact %r" % file_name
+    elif runtime is not None:
+        found = [a for a in artifacts if artifact_runtime(a) == runtime]
+        what = "artifact for runtime %r" % runtime
+    else:
+        found = artifacts[:1]
+        what = "artifact"
+    if not found:
+        have = ", ".join("%s (%s)" % (a["file"], artifact_runtime(a)) for a in artifacts)
+        raise RunnerExit(EXIT_USAGE, "no %s in this bundle; it has: %s" % (what, have))
+    return found[0]
+
+
+def sha256_file(path):
+    """Hex sha256 of a file, read in 1 MiB chunks; an unreadable file is exit 3."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    return digest.hexdigest()
+
+
+def verify_file(bundle, name, expected):
+    """(actual sha256, mismatch reason or None) for a bundle file against the manifest's hash."""
+    actual = sha256_file(os.path.join(bundle, name))
+    if actual != expected:
+        return actual, "sha256 mismatch: manifest %s, file %s" % (expected, actual)
+    return actual, None
+
+
+# ------------------------------------------------------------------------------------------ backend
+
+
+def load_backend(runtime):
+    """Import ``runner/<runtime>/backend.py`` by path and the runtime itself; missing ones are exit 4."""
+    if not _RUNTIME_NAME.match(runtime or ""):
+        raise RunnerExit(EXIT_BAD_FILE, "manifest names an invalid runtime %r" % runtime)
+    path = os.path.join(RUNNER_DIR, runtime, "backend.py")
+    if not os.path.isfile(path):
+        raise RunnerExit(EXIT_UNSUPPORTED, "this bundle has no runner for %s (no %s)" % (runtime, path))
+    spec = importlib.util.spec_from_file_location("edgeopt_backend_" + runtime, path)
+    module = importlib.util.module_from_spec(spec)
+    pip_name = PIP_PACKAGES.get(runtime, runtime)
+    try:
+        spec.loader.exec_module(module)
+        pip_name = getattr(module, "pip_package", pip_name)
+        version = str(module.version())  # imports the runtime itself
+    except ImportError as e:
+        raise RunnerExit(EXIT_UNSUPPORTED, "%s is not installed on this device (%s); install it with: "
+                                           "python3 -m pip install %s" % (runtime, e, pip_name)) from None
+    return module, version
+
+
+def output_order(model, manifest_names):
+    """Indices into ``model.run``'s list for the manifest's outputs: by name when the runtime names them."""
+    names = list(getattr(model, "output_names", None) or [])
+    if all(n in names for n in manifest_names):
+        return [names.index(n) for n in manifest_names]
+    return list(range(len(manifest_names)))  # runtimes without names (executorch) keep export order
+
+
+# --------------------------------------------------------------------------------------- samples
+
+
+def read_samples(bundle, art):
+    """Inputs ``[K, ...]`` per manifest input, plus reference and (where present) expected outputs.
+
+    A missing key, a shape that contradicts the manifest or too few samples is exit 3: a broken bundle,
+    not something the runtime should be blamed for.
+    """
+    path = os.path.join(bundle, "inputs.npz")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as e:
+        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    inputs = {}
+    for spec in art["inputs"]:
+        key = "input." + spec["name"]
+        inputs[spec["name"]] = _cast(path, key, _samples(arrays, path, key, 1), spec.get("dtype"))
+        _check_shape(path, key, inputs[spec["name"]].shape[1:], spec.get("shape"))
+    k = min(a.shape[0] for a in inputs.values())
+    references, expected = {}, {}
+    for spec in art["outputs"]:
+        references[spec["name"]] = _samples(arrays, path, "reference." + spec["name"], k)[:k]
+        if "expected." + spec["name"] in arrays:
+            expected[spec["name"]] = _samples(arrays, path, "expected." + spec["name"], k)[:k]
+    return inputs, references, expected, k
+
+
+def _samples(arrays, path, key, at_least):
+    if key not in arrays:
+        raise RunnerExit(EXIT_BAD_FILE, "%s has no %r (it has: %s)" % (path, key, ", ".join(sorted(arrays))))
+    value = arrays[key]
+    if value.ndim < 1 or value.shape[0] < at_least:
+        raise RunnerExit(EXIT_BAD_FILE, "%s: %r must hold at least %d sample(s) along its first axis, shape %s"
+                         % (path, key, at_least, value.shape))
+    return value
+
+
+def _cast(path, key, value, dtype):
+    try:
+        return value.astype(dtype, copy=False) if dtype else value
+    except TypeError as e:
+        raise RunnerExit(EXIT_BAD_FILE, "%s: %r cannot be cast to %s: %s" % (path, key, dtype, e)) from None
+
+
+def _check_shape(path, key, shape, manifest_shape):
+    if not isinstance(manifest_shape, list):
+        return
+    # Dynamic dimensions are written as names or null in the manifest; only fixed ones are compared.
+    fixed = [d if isinstance(d, int) and not isinstance(d, bool) else None for d in manifest_shape]
+    if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
+        raise RunnerExit(EXIT_BAD_FILE, "%s: %r samples have shape %s, the manifest says %s"
+                         % (path, key, list(shape), manifest_shape))
+
+
+def sample_feeds(inputs, index):
+    """The feeds dict of sample ``index`` (batch dim kept: sample arrays are ``[K, *input_shape]``)."""
+    return {name: np.ascontiguousarray(value[index]) for name, value in inputs.items()}
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def timed_block(run, warmup, runs, min_seconds, max_seconds, max_runs):
+    """Warm up, then time ``run()`` until ``runs`` and ``min_seconds`` are both reached or a cap hits.
+
+    Returns the per-run latencies in milliseconds (an ``array('d')``, compact for very fast models).
+    """
+    for _ in range(warmup):
+        run()
+    times = array("d")
+    clock = time.perf_counter
+    start = clock()
+    while True:
+        t0 = clock()
+        run()
+        t1 = clock()
+        times.append((t1 - t0) * 1000.0)
+        elapsed = t1 - start
+        if len(times) >= runs and elapsed >= min_seconds:
+            break
+        if elapsed >= max_seconds or len(times) >= max_runs:
+            break
+    return times
+
+
+def latency_stats(times_ms):
+    """mean, std, min, p50, p90, p99, max in milliseconds (linear-interpolated percentiles)."""
+    a = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    values = {"mean": a.mean(), "std": a.std(), "min": a.min(), "p50": p50, "p90": p90, "p99": p99, "max": a.max()}
+    return {k: round(float(v), 4) for k, v in values.items()}
+
+
+# ------------------------------------------------------------------------------------------ validity
+
+
+def stability_reason(p90s_ms, max_spread):
+    """Why a run is unstable (the repeats' p90 spread, relative to the lowest, exceeds ``max_spread``) or None."""
+    if len(p90s_ms) < 2:
+        return None
+    low, high = min(p90s_ms), max(p90s_ms)
+    spread = (high - low) / low if low > 0 else (0.0 if high == 0 else float("inf"))
+    if spread > max_spread:
+        return "unstable: p90 across repeats spread %.0f%% > %.0f%%" % (spread * 100, max_spread * 100)
+    return None
+
+
+def thermal_reason(before_c, after_c, max_rise_c):
+    """Why the run is invalid because the device heated up by more than ``max_rise_c``, or None."""
+    if before_c is None or after_c is None or after_c - before_c <= max_rise_c:
+        return None
+    return "thermal: temperature rose %.1f C (%.1f -> %.1f) > %.1f C" % (after_c - before_c, before_c, after_c,
+                                                                          max_rise_c)
+
+
+def frequency_reason(before_mhz, after_mhz, max_drop):
+    """Why the run is invalid because the mean CPU frequency fell by more than ``max_drop``, or None."""
+    if not before_mhz or after_mhz is None:
+        return None
+    drop = (before_mhz - after_mhz) / before_mhz
+    if drop <= max_drop:
+        return None
+    return "throttled: CPU frequency fell %.0f%% (%.0f -> %.0f MHz) > %.0f%%" % (drop * 100, before_mhz, after_mhz,
+                                                                                  max_drop * 100)
+
+
+def nonfinite_reason(outputs_by_name):
+    """Which outputs hold NaN or Inf (``outputs_by_name``: name -> list of arrays), or None."""
+    bad = []
+    for name, arrays in outputs_by_name.items():
+        count = sum(int(np.size(a) - np.count_nonzero(np.isfinite(a))) for a in arrays)
+        if count:
+            bad.append("%s has %d NaN/Inf values" % (name, count))
+    return ("non-finite outputs: " + ", ".join(bad)) if bad else None
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def cosine(a, b):
+    """Cosine similarity of two arrays, flattened, in float64; two zero vectors count as identical."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return max(-1.0, min(1.0, float(np.dot(a, b)) / (na * nb)))
+
+
+def max_abs_err(a, b):
+    diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def parity(outputs_by_name, references, expected):
+    """Per sample and output: cosine and max abs error against the fp32 reference, max abs error vs the host.
+
+    Arrays are compared flattened, so a runtime that drops or adds a size-1 dimension still compares.
+    """
+    cosines, errors, host_errors = [], [], []
+    for name, arrays in outputs_by_name.items():
+        for i, out in enumerate(arrays):
+            ref = references[name][i]
+            if ref.size != np.size(out):
+                raise RunnerExit(EXIT_BAD_FILE, "output %r has %d values but inputs.npz's reference has %d"
+                                 % (name, np.size(out), ref.size))
+            cosines.append(cosine(out, ref))
+            errors.append(max_abs_err(np.ravel(out), ref.ravel()))
+            if name in expected and expected[name][i].size == np.size(out):
+                host_errors.append(max_abs_err(np.ravel(out), expected[name][i].ravel()))
+    return {
+        "reference": "fp32",
+        "max_abs_err": max(errors),
+        "min_cosine": min(cosines),
+        "mean_cosine": sum(cosines) / len(cosines),
+        "host_max_abs_err": max(host_errors) if host_errors else None,
+        "samples": len(next(iter(outputs_by_name.values()))),
+    }
+
+
+# ------------------------------------------------------------------------------------------ device
+
+
+def _read_text(path):
+    try:
+        with open(path, "r") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def device_info():
+    """machine, cpu, cores, ram_mb, os, python; fields a device does not expose are null."""
+    cpu = None
+    for line in (_read_text("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+            cpu = value.strip()
+            if key.strip() == "model name":
+                break
+    ram_mb = None
+    match = re.search(r"^MemTotal:\s+(\d+)\s*kB", _read_text("/proc/meminfo") or "", re.M)
+    if match:
+        ram_mb = int(match.group(1)) // 1024
+    return {"machine": platform.machine()[:64] or "unknown", "cpu": (cpu or platform.processor() or None),
+            "cores": os.cpu_count(), "ram_mb": ram_mb, "os": platform.platform()[:256],
+            "python": platform.python_version()}
+
+
+def read_temperature_c():
+    """Hottest thermal zone in degrees C, or None where none is readable."""
+    temps = []
+    for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+        try:
+            value = float((_read_text(path) or "").strip())
+        except ValueError:
+            continue
+        value = value / 1000.0 if abs(value) > 1000 else value  # most kernels report millidegrees
+        if -40.0 < value < 150.0:  # zones that are not sensors report 0 or garbage
+            temps.append(value)
+    return round(max(temps), 1) if temps else None
+
+
+def read_frequency_mhz(cores):
+    """Mean current frequency of ``cores`` (all CPUs if None) in MHz, or None where not exposed."""
+    freqs = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"):
+        cpu_id = int(re.search(r"cpu(\d+)/cpufreq", path).group(1))
+        if cores is not None and cpu_id not in cores:
+            continue
+        try:
+            freqs.append(float((_read_text(path) or "").strip()) / 1000.0)  # kHz
+        except ValueError:
+            continue
+    return round(sum(freqs) / len(freqs), 1) if freqs else None
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process in MiB, or None where neither source exists (Windows).
+
+    Linux and Android: VmHWM from /proc/self/status. getrusage's ru_maxrss is only the fallback there,
+    because exec keeps the launching process's high-water mark in it (a runner started from a large
+    process would report that process's memory).
+    """
+    match = re.search(r"^VmHWM:\s+(\d+)\s*kB", _read_text("/proc/self/status") or "", re.M)
+    if match:
+        return round(int(match.group(1)) / 1024.0, 2)
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    per_mb = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # macOS reports bytes, Linux KiB
+    return round(peak / per_mb, 2)
+
+
+def set_affinity(cores):
+    """Pin this process to ``cores``; exit 2 where the OS cannot or the ids do not exist."""
+    if cores is None:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise RunnerExit(EXIT_USAGE, "--cores needs Linux or Android (os.sched_setaffinity); drop the flag here")
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as e:
+        raise RunnerExit(EXIT_USAGE, "cannot pin to cores %s: %s" % (cores, e)) from None
+
+
+def default_threads(manifest, cores):
+    """The profile's ``compute.threads``, capped to the CPUs this process may use (all of them without one)."""
+    if cores:
+        available = len(cores)
+    elif hasattr(os, "sched_getaffinity"):
+        available = len(os.sched_getaffinity(0))
+    else:
+        available = os.cpu_count() or 1
+    profile = manifest.get("profile")
+    compute = profile.get("compute") if isinstance(profile, dict) else None
+    wanted = compute.get("threads") if isinstance(compute, dict) else None
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
+        return min(wanted, available)
+    return available
+
+
+# ------------------------------------------------------------------------------------------ result
+
+
+def base_result(args, runtime, threads, art_file, sha, verified):
+    """The result fields known before anything is measured; measurements stay null until filled."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "runtime": {"name": runtime, "version": None},
+        "device": device_info(),
+        "config": {"threads": threads, "warmup": args.warmup, "runs": args.runs, "min_seconds": args.min_seconds,
+                   "max_seconds": args.max_seconds, "repeats": args.repeats, "cooldown_s": args.cooldown_s,
+                   "cores": args.cores, "max_spread": args.max_spread, "max_temp_rise_c": args.max_temp_rise_c,
+                   "max_freq_drop": args.max_freq_drop},
+        "artifact": {"file": art_file, "sha256": sha, "verified": verified},
+        "load_ms": None, "first_inference_ms": None, "latency_ms": None, "repeats_p90_ms": [], "timed_runs": 0,
+        "peak_rss_mb": None, "thermal_c": {"before": None, "after": None},
+        "cpu_freq_mhz": {"before": None, "after": None},
+        "valid": False, "invalid_reason": None, "parity": None,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def measure(args, result, model, inputs):
+    """Fill load-independent timings: first inference, the timed repeats and the thermal/frequency readings."""
+    feeds = sample_feeds(inputs, 0)
+    t0 = time.perf_counter()
+    model.run(feeds)
+    result["first_inference_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
+    result["thermal_c"]["before"] = read_temperature_c()
+    result["cpu_freq_mhz"]["before"] = read_frequency_mhz(args.cores)
+    all_times, p90s = array("d"), []
+    for i in range(args.repeats):
+        if i:
+            time.sleep(args.cooldown_s)
+        times = timed_block(lambda: model.run(feeds), args.warmup, args.runs, args.min_seconds,
+                            args.max_seconds, args.max_runs)
+        p90s.append(round(float(np.percentile(np.asarray(times), 90)), 4))
+        all_times.extend(times)
+    # Read right after the last timed run, before the parity runs let the device cool.
+    result["thermal_c"]["after"] = read_temperature_c()
+    result["cpu_freq_mhz"]["after"] = read_frequency_mhz(args.cores)
+    result["latency_ms"] = latency_stats(all_times)
+    result["repeats_p90_ms"] = p90s
+    result["timed_runs"] = len(all_times)
+
+
+def check_parity(result, model, inputs, references, expected, k, output_names, order):
+    """Run every sample, fill ``parity``; returns the non-finite reason (parity stays null then) or None."""
+    outputs = {name: [] for name in output_names}
+    for i in range(k):
+        produced = model.run(sample_feeds(inputs, i))
+        for name, index in zip(output_names, order):
+            outputs[name].append(np.asarray(produced[index]))
+    reason = nonfinite_reason(outputs)
+    if reason is None:
+        result["parity"] = parity(outputs, references, expected)
+    return reason
+
+
+def validity(result, args, nonfinite):
+    """Set ``valid`` and ``invalid_reason`` from every check that applies (reasons joined with '; ')."""
+    reasons = [nonfinite,
+               stability_reason(result["repeats_p90_ms"], args.max_spread),
+               thermal_reason(result["thermal_c"]["before"], result["thermal_c"]["after"], args.max_temp_rise_c),
+               frequency_reason(result["cpu_freq_mhz"]["before"], result["cpu_freq_mhz"]["after"],
+                                args.max_freq_drop)]
+    reasons = [r for r in reasons if r]
+    result["valid"] = not reasons
+    result["invalid_reason"] = "; ".join(reasons) if reasons else None
+
+
+def verified_result(args, bundle, manifest, art, runtime, threads):
+    """Check the artifact (and ``inputs.npz`` when the manifest lists it) before the runtime sees anything.
+
+    Returns the result skeleton; an artifact sha256 mismatch is exit 3 carrying that skeleton with
+    ``verified: false``, so the device still reports what it found.
+    """
+    sha, mismatch = verify_file(bundle, art["file"], art["sha256"])
+    result = base_result(args, runtime, threads, art["file"], sha, mismatch is None)
+    if mismatch:
+        result["invalid_reason"] = mismatch
+        raise RunnerExit(EXIT_BAD_FILE, "%s: %s; not loaded" % (art["file"], mismatch), result)
+    files = manifest.get("files")
+    inputs_sha = files.get("inputs.npz") if isinstance(files, dict) else None
+    if isinstance(inputs_sha, str):
+        _, bad_inputs = verify_file(bundle, "inputs.npz", inputs_sha)
+        if bad_inputs:
+            raise RunnerExit(EXIT_BAD_FILE, "inputs.npz: %s" % bad_inputs)
+    return result
+
+
+def run_benchmark(args):
+    """Everything after flag parsing; returns the result dict or raises RunnerExit."""
+    if np is None:
+        raise RunnerExit(EXIT_UNSUPPORTED, "numpy is not installed on this device; install it with: "
+                                           "python3 -m pip install numpy")
+    bundle = os.path.abspath(args.bundle)
+    manifest = load_manifest(bundle)
+    art = pick_artifact(manifest, args.artifact, args.runtime)
+    runtime = artifact_runtime(art)
+    set_affinity(args.cores)
+    threads = args.threads or default_threads(manifest, args.cores)
+    result = verified_result(args, bundle, manifest, art, runtime, threads)
+    inputs, references, expected, k = read_samples(bundle, art)
+    backend, version = load_backend(runtime)
+    result["runtime"]["version"] = version[:64]
+    log("%s %s, %s, %d threads, %d samples" % (runtime, version, art["file"], threads, k))
+    t0 = time.perf_counter()
+    artifact_path = os.path.join(bundle, art["file"])
+    model = _call_runtime("load", art["file"], runtime, lambda: backend.load(artifact_path, threads))
+    result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
+    output_names = [spec["name"] for spec in art["outputs"]]
+    order = output_order(model, output_names)
+    _call_runtime("run", art["file"], runtime, lambda: measure(args, result, model, inputs))
+    nonfinite = _call_runtime("run", art["file"], runtime, lambda: check_parity(
+        result, model, inputs, references, expected, k, output_names, order))
+    result["peak_rss_mb"] = peak_rss_mb()
+    validity(result, args, nonfinite)
+    return result
+
+
+def _call_runtime(verb, file_name, runtime, call):
+    """Run a runtime call; its failure on a verified artifact means this runtime cannot run it (exit 4)."""
+    try:
+        return call()
+    except RunnerExit:
+        raise
+    except Exception as e:  # the runtime's own exception types differ per runtime and version
+        message = " ".join(str(e).split())[:500]
+        raise RunnerExit(EXIT_UNSUPPORTED, "%s could not %s %s: %s: %s" % (runtime, verb, file_name,
+                                                                          type(e).__name__, message)) from None
+
+
+@contextmanager
+def stdout_to_stderr():
+    """Send anything printed to stdout meanwhile (also by native runtime code) to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def emit(result, out_path):
+    """Print the result as one JSON line on stdout, and write it to ``out_path`` if given.
+
+    Returns False when ``out_path`` could not be written (the result is on stdout regardless).
+    """
+    text = json.dumps(result, allow_nan=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    if not out_path:
+        return True
+    try:
+        with open(out_path, "w") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        log("error: cannot write --out %s: %s" % (out_path, e))
+        return False
+    return True
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    code, result = EXIT_OK, None
+    try:
+        with stdout_to_stderr():
+            result = run_benchmark(args)
+    except RunnerExit as e:
+        log("error: " + str(e))
+        code, result = e.code, e.result
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    if result is not None:
+        if not emit(result, args.out) and code == EXIT_OK:
+            code = EXIT_USAGE
+        if code == EXIT_OK and not result["valid"]:
+            log("measured, but not valid: " + result["invalid_reason"])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The cost model: storage rule by hand, estimate terms, fit reasons."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from edgeopt.analysis import ModelStats
+from edgeopt.errors import EdgeoptError, UsageError
+from edgeopt.formats import Precision, Runtime
+from edgeopt.planner.cost import MB, RUNTIME_COSTS, Estimate, estimate, fit_table, weight_bytes
+
+FP32, FP16, INT8, INT4 = Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4
+
+
+def _stats(linear=((64, 32), (32, 64)), embedding=((100, 32),), rest=96 + 64, act=8192, kv=0, flops=10**9,
+           ops=100) -> ModelStats:
+    """Hand-built stats: ``rest`` parameters that are neither Linear nor Embedding weights (biases, norms)."""
+    lin, emb = sum(r * c for r, c in linear), sum(r * c for r, c in embedding)
+    return ModelStats(
+        model_name="hand", family="decoder" if kv else "encoder", params_total=lin + emb + rest,
+        params_by_kind={"embeddings": emb, "attention": 0, "ffn": lin, "norms": rest, "head": 0, "other": 0},
+        quantizable_linear_params=lin, embedding_params=emb, linear_layers=len(linear),
+        embedding_layers=len(embedding), tied_head=False, bytes_at={}, flops=flops, activation_peak_bytes=act,
+        kv_cache_bytes=kv, batch=1, seq_len=16, context_len=None, num_layers=None, hidden_size=None, num_heads=None,
+        intermediate_size=None, vocab_size=None, linear_shapes=tuple(linear), embedding_shapes=tuple(embedding),
+        aten_ops=ops)
+
+
+def _profile(ram_mb=512, storage_mb=200, precisions=(FP32, FP16, INT8, INT4), runtimes=(Runtime.ONNXRUNTIME,),
+             fp16_gflops=None, int4_gops=None, name="p"):
+    compute = SimpleNamespace(threads=4, fp32_gflops=100.0, int8_gops=400.0, memory_bandwidth_gbps=10.0,
+                              fp16_gflops=fp16_gflops, int4_gops=int4_gops)
+    limits = SimpleNamespace(model_ram_mb=ram_mb, model_storage_mb=storage_mb, precisions=tuple(precisions))
+    return SimpleNamespace(name=name, limits=limits, compute=compute, runtimes=tuple(runtimes),
+                           shapes=SimpleNamespace(batch=1, seq_len=16, context_len=None))
+
+
+def test_weight_bytes_by_hand():
+    s = _stats()  # Linear (64 out, 32 in) + (32 out, 64 in); Embedding 100 x 32; 160 other parameters
+    assert s.params_total == 2048 + 2048 + 3200 + 160 == 7456
+    assert weight_bytes(s, FP32) == 4 * 7456
+    assert weight_bytes(s, FP16) == 2 * 7456
+    # int8: 1 B/weight + fp32 scale per output channel; embedding 1 B + fp32 per row; the rest fp32
+    assert weight_bytes(s, INT8) == (4096 + (64 + 32) * 4) + (3200 + 100 * 4) + 160 * 4 == 8720
+    # int4, group 32: half a byte per weight + fp32 scale per 32 weights of a row; embedding stays int8
+    lin4 = (64 * 16 + 64 * 1 * 4) + (32 * 32 + 32 * 2 * 4)
+    assert weight_bytes(s, INT4) == lin4 + 3600 + 640 == 6800
+    lin4_g16 = (64 * 16 + 64 * 2 * 4) + (32 * 32 + 32 * 4 * 4)
+    assert weight_bytes(s, INT4, group_size=16) == lin4_g16 + 3600 + 640 == 7312
+    assert weight_bytes(s, INT8, quantize_embeddings=False) == 4480 + 4 * 3200 + 640 == 17920
+
+
+def test_weight_bytes_rejects_bad_input():
+    with pytest.raises(UsageError, match="group_size must be a positive integer, got 0"):
+        weight_bytes(_stats(), INT4, group_size=0)
+    import dataclasses
+
+    broken = dataclasses.replace(_stats(), quantizable_linear_params=1)
+    with pytest.raises(EdgeoptError, match="linear_shapes sum to 4096 weights but the total says 1"):
+        weight_bytes(broken, INT8)
+
+
+def test_estimate_terms_add_up():
+    s, p = _stats(kv=4096), _profile()
+    cost = RUNTIME_COSTS[Runtime.ONNXRUNTIME]
+    e = estimate(s, p, Runtime.ONNXRUNTIME, FP32)
+    weights = 4 * 7456
+    assert e.peak_ram_bytes == weights + 8192 * cost.activation_factor + 4096 + cost.overhead_bytes
+    assert e.artifact_bytes == weights + cost.artifact_base_bytes + 100 * cost.artifact_bytes_per_op
+    assert e.breakdown["compute_ms"] == pytest.approx(1e9 / 100e9 * 1e3)  # 10 ms
+    assert e.breakdown["memory_ms"] == pytest.approx(weights / 10e9 * 1e3)
+    op_ms = cost.per_call_overhead_ms + 100 * cost.per_op_overhead_ms
+    assert e.latency_ms == pytest.approx(10.0 + op_ms)  # compute bound: 10 ms >> 3 us of weight traffic
+    assert Estimate.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_estimate_is_monotone_in_precision():
+    s, p = _stats(linear=((512, 512),) * 4, embedding=((1000, 512),)), _profile()
+    ests = {prec: estimate(s, p, Runtime.EXECUTORCH, prec) for prec in (FP32, FP16, INT8, INT4)}
+    sizes = [ests[x].artifact_bytes for x in (INT4, INT8, FP16, FP32)]
+    rams = [ests[x].peak_ram_bytes for x in (INT4, INT8, FP16, FP32)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+    assert rams == sorted(rams) and len(set(rams)) == 4
+    # int8 runs at int8_gops (4x fp32 here); int4 falls back to int8 math; fp16 to fp32 math on this profile
+    assert ests[INT8].breakdown["compute_ms"] == pytest.approx(ests[FP32].breakdown["compute_ms"] / 4)
+    assert ests[INT4].breakdown["compute_ms"] == ests[INT8].breakdown["compute_ms"]
+    assert ests[FP16].breakdown["compute_ms"] == ests[FP32].breakdown["compute_ms"]
+
+
+def test_fp16_math_halves_compute_and_activations():
+    s = _stats(kv=4096)
+    plain, fast = estimate(s, _profile(), Runtime.LITERT, FP16), estimate(s, _profile(fp16_gflops=200.0), Runtime.LITERT, FP16)
+    assert fast.breakdown["compute_ms"] == pytest.approx(plain.breakdown["compute_ms"] / 2)
+    assert (fast.breakdown["activation_bytes"], fast.breakdown["kv_cache_bytes"]) == (4096 * RUNTIME_COSTS[Runtime.LITERT].activation_factor, 2048)
+    assert (plain.breakdown["activation_bytes"], plain.breakdown["kv_cache_bytes"]) == (8192 * RUNTIME_COSTS[Runtime.LITERT].activation_factor, 4096)
+
+
+def test_fit_table_reasons_for_a_tiny_profile():
+    # 1024 x 1024 Linear + bias: 4 MiB of fp32 weights, over a 1 MB storage limit; ORT's own 42.5 MiB
+    # is over a 1 MB RAM limit at every precision.
+    s = _stats(linear=((1024, 1024),), embedding=(), rest=1024, act=8192, ops=10)
+    tiny = _profile(ram_mb=1, storage_mb=1, precisions=(FP32, INT8), name="tiny")
+    roomy = _profile(ram_mb=512, storage_mb=200, name="roomy", runtimes=(Runtime.LITERT, Runtime.ONNXRUNTIME))
+    rows = {(r["profile"], r["precision"]): r for r in fit_table(s, [tiny, roomy])}
+    assert len(rows) == 8
+    fp32_ram = 4 * (1024 * 1024 + 1024) + 8192 + RUNTIME_COSTS[Runtime.ONNXRUNTIME].overhead_bytes
+    assert -(-fp32_ram // MB) == 47  # rounded up to whole MB in the message
+    assert rows["tiny", "fp32"]["reason"] == "exceeds model_ram_mb: 47 > 1; exceeds model_storage_mb: 5 > 1"
+    assert rows["tiny", "int8"]["reason"] == "exceeds model_ram_mb: 44 > 1; exceeds model_storage_mb: 2 > 1"
+    assert rows["tiny", "int4"]["reason"].startswith("int4 not in precisions; exceeds model_ram_mb: ")
+    assert rows["tiny", "fp16"]["fits"] is False
+    roomy_fp32 = rows["roomy", "fp32"]
+    assert roomy_fp32["fits"] is True and roomy_fp32["reason"] is None and roomy_fp32["runtime"] == "litert"
+    assert roomy_fp32["peak_ram_mb"] == pytest.approx((4 * 1049600 + 8192 + RUNTIME_COSTS[Runtime.LITERT].overhead_bytes) / MB, abs=0.01)
+
+
+def test_fit_table_on_builtin_profiles():
+    from edgeopt.profiles import load_builtin_profiles
+
+    profiles = list(load_builtin_profiles())
+    rows = fit_table(_stats(), profiles, precisions=[INT8])
+    assert [(r["profile"], r["precision"]) for r in rows] == [(p.name, "int8") for p in profiles]
+    for row, prof in zip(rows, profiles):
+        cost = RUNTIME_COSTS[prof.runtimes[0]]
+        assert row["runtime"] == prof.runtimes[0].value
+        assert row["artifact_mb"] == round((8720 + cost.artifact_base_bytes + 100 * cost.artifact_bytes_per_op) / MB, 2)
