@@ -247,7 +247,7 @@ class _LiveBytes:
         import torch
         from torch.utils._pytree import tree_leaves
 
-        if not func.is_view:
+        if not getattr(func, "is_view", False):  # higher-order ops have no is_view
             self.ops += 1
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and id(t) not in self.tracked:

@@ -91,11 +91,12 @@ def test_estimate_is_monotone_in_precision():
 
 
 def test_fp16_math_halves_compute_and_activations():
-    s = _stats(kv=4096)
-    plain, fast = estimate(s, _profile(), Runtime.LITERT, FP16), estimate(s, _profile(fp16_gflops=200.0), Runtime.LITERT, FP16)
+    s, factor = _stats(kv=4096), RUNTIME_COSTS[Runtime.LITERT].activation_factor
+    plain = estimate(s, _profile(), Runtime.LITERT, FP16)
+    fast = estimate(s, _profile(fp16_gflops=200.0), Runtime.LITERT, FP16)
     assert fast.breakdown["compute_ms"] == pytest.approx(plain.breakdown["compute_ms"] / 2)
-    assert (fast.breakdown["activation_bytes"], fast.breakdown["kv_cache_bytes"]) == (4096 * RUNTIME_COSTS[Runtime.LITERT].activation_factor, 2048)
-    assert (plain.breakdown["activation_bytes"], plain.breakdown["kv_cache_bytes"]) == (8192 * RUNTIME_COSTS[Runtime.LITERT].activation_factor, 4096)
+    assert (fast.breakdown["activation_bytes"], fast.breakdown["kv_cache_bytes"]) == (4096 * factor, 2048)
+    assert (plain.breakdown["activation_bytes"], plain.breakdown["kv_cache_bytes"]) == (8192 * factor, 4096)
 
 
 def test_fit_table_reasons_for_a_tiny_profile():
@@ -114,7 +115,8 @@ def test_fit_table_reasons_for_a_tiny_profile():
     assert rows["tiny", "fp16"]["fits"] is False
     roomy_fp32 = rows["roomy", "fp32"]
     assert roomy_fp32["fits"] is True and roomy_fp32["reason"] is None and roomy_fp32["runtime"] == "litert"
-    assert roomy_fp32["peak_ram_mb"] == pytest.approx((4 * 1049600 + 8192 + RUNTIME_COSTS[Runtime.LITERT].overhead_bytes) / MB, abs=0.01)
+    litert_ram = 4 * 1049600 + 8192 + RUNTIME_COSTS[Runtime.LITERT].overhead_bytes
+    assert roomy_fp32["peak_ram_mb"] == pytest.approx(litert_ram / MB, abs=0.01)
 
 
 def test_fit_table_on_builtin_profiles():

@@ -103,7 +103,7 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
     restriction the profile does not allow is still listed, rejected with the reason.
     """
     from edgeopt.packagers import PACKAGERS, available_runtimes
-    from edgeopt.planner.cost import estimate
+    from edgeopt.planner.cost import estimate, fit_reasons
 
     have = set(available_runtimes())
     rows = []
@@ -113,8 +113,6 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
             reasons = []
             if runtime not in profile.runtimes:
                 reasons.append(f"{runtime.value} not in the profile's runtimes ({', '.join(r.value for r in profile.runtimes)})")
-            if precision not in profile.limits.precisions:
-                reasons.append(f"{precision.value} not in the profile's precisions")
             if runtime not in have:
                 reasons.append(f"no {runtime.value} packager in this edgeopt version")
             else:
@@ -122,7 +120,7 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
                 if precision not in caps.precisions:
                     reasons.append(caps.notes.get(precision, f"{runtime.value} packager cannot build {precision.value}"))
             est = estimate(stats, profile, runtime, precision)
-            reasons += _budget_reasons(est, profile)
+            reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
     runtime_rank = {r: i for i, r in enumerate(runtimes or profile.runtimes)}
     rows.sort(key=lambda r: (r.status is not Status.FEASIBLE, runtime_rank.get(r.candidate.runtime, 99),
@@ -130,16 +128,8 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
     return Plan(stats.model_name, profile.name, rows)
 
 
-def _budget_reasons(est, profile) -> list[str]:
-    mb = 1024 * 1024
-    reasons = []
-    ram_mb = est.peak_ram_bytes / mb
-    if ram_mb > profile.limits.model_ram_mb:
-        reasons.append(f"exceeds model_ram_mb: {ram_mb:.0f} > {profile.limits.model_ram_mb}")
-    size_mb = est.artifact_bytes / mb
-    if size_mb > profile.limits.model_storage_mb:
-        reasons.append(f"exceeds model_storage_mb: {size_mb:.0f} > {profile.limits.model_storage_mb}")
+def _latency_reasons(est, profile) -> list[str]:
     target = profile.targets.latency_ms
     if target is not None and est.latency_ms > target:
-        reasons.append(f"estimated latency {est.latency_ms:.1f} ms > target {target:g} ms")
-    return reasons
+        return [f"estimated latency {est.latency_ms:.1f} ms > target {target:g} ms"]
+    return []
