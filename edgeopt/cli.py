@@ -156,16 +156,18 @@ def inspect(model: str | None, profile_name: str, allow_pickle: bool, json_out: 
 @click.option("--model", "model", default=None, help=_MODEL_HELP)
 @click.option("--format", "fmt", default=None, help="Only this runtime/format (onnx|onnxruntime|pte|executorch|tflite|litert).")
 @click.option("--precision", default=None, help="Only this precision (fp32|fp16|int8|int4).")
+@click.option("--activations", default=None, help="Quantized activations: dynamic (default) or static (calibrated).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
 @click.option("--json", "json_out", is_flag=True, help="Print JSON.")
-def plan(profile_name: str, model: str | None, fmt: str | None, precision: str | None, allow_pickle: bool, json_out: bool) -> None:
+def plan(profile_name: str, model: str | None, fmt: str | None, precision: str | None, activations: str | None,
+         allow_pickle: bool, json_out: bool) -> None:
     """Print the candidate table (estimates, status, reason) without building anything."""
     from edgeopt import api
 
     con = _console(json_out, uses_torch=True)
     with con.working("planning"):
-        p = api.make_plan(model, profile=profile_name, fmt=fmt, precision=precision, allow_pickle=allow_pickle,
-                          progress=con.progress)
+        p = api.make_plan(model, profile=profile_name, fmt=fmt, precision=precision, activations=activations,
+                          allow_pickle=allow_pickle, progress=con.progress)
     if json_out:
         click.echo(json.dumps(p.to_dict(), indent=2))
         return
@@ -198,18 +200,21 @@ def _nofit(p):
 @click.option("--out", default="dist", show_default=True, type=click.Path(file_okay=False), help="Bundles go to OUT/<model>-<profile>/.")
 @click.option("--format", "fmt", default=None, help="Bypass the planner's runtime choice.")
 @click.option("--precision", default=None, help="Bypass the planner's precision choice.")
+@click.option("--activations", default=None, help="Quantized activations: dynamic (default) or static (calibrated).")
+@click.option("--all-formats", is_flag=True, help="Also build the chosen scheme in every other format; compare side by side.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
-def package(profile_name: str, model: str | None, out: str, fmt: str | None, precision: str | None, force: bool,
-            allow_pickle: bool, json_out: bool) -> None:
+def package(profile_name: str, model: str | None, out: str, fmt: str | None, precision: str | None,
+            activations: str | None, all_formats: bool, force: bool, allow_pickle: bool, json_out: bool) -> None:
     """Plan, build, verify in the real runtime, and write a bundle."""
     from edgeopt import api
 
     con = _console(json_out, uses_torch=True)
     try:
         with con.working("packaging"):
-            result = api.package(model, profile=profile_name, out=out, fmt=fmt, precision=precision, force=force,
+            result = api.package(model, profile=profile_name, out=out, fmt=fmt, precision=precision,
+                                 activations=activations, all_formats=all_formats, force=force,
                                  allow_pickle=allow_pickle, progress=con.progress)
     except EdgeoptError as e:
         plan_obj = getattr(e, "plan", None)
@@ -228,7 +233,32 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
              f"{art['bytes'] / MB:.1f} MB")
     con.line(f"  fidelity vs fp32 on {fid['samples']} held-out inputs: mean cosine {fid['mean_cosine']:.4f}, "
              f"worst {fid['min_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
+    if "all_formats" in m:
+        _print_side_by_side(con, result.bundle_path, m)
     con.line(f"  next: edgeopt bench {result.bundle_path} --device local")
+
+
+def _print_side_by_side(con, bundle_path, manifest: dict) -> None:
+    """--all-formats: size, fidelity, host latency (the bundle's own runner, here) and delegation per format."""
+    from edgeopt import api
+
+    rows = []
+    for r in manifest["all_formats"]:
+        latency = "-"
+        if r["status"] in ("chosen", "bundled"):
+            con.progress(f"bench: {r['runtime']} on this host")
+            try:
+                res = api.bench(bundle_path, runs=30, min_seconds=1.0, warmup=3, repeats=1, runtime=r["runtime"])
+                latency = f"{res.latency_ms['p50']:.2f}"
+            except EdgeoptError as e:
+                latency = f"failed: {str(e).splitlines()[0][:40]}"
+        fid = r.get("fidelity") or {}
+        dele = r.get("delegation") or {}
+        rows.append([r["runtime"], r["precision"], r["status"], f"{r['bytes'] / MB:.1f}" if r.get("bytes") else "-",
+                     f"{fid['mean_cosine']:.4f}" if fid.get("mean_cosine") is not None else "-", latency,
+                     f"{dele['share']:.0%}" if "share" in dele else "-", r.get("reason") or ""])
+    con.table("all formats (host latency: p50 ms on this machine)",
+              ["runtime", "precision", "status", "size MB", "cosine", "p50 ms", "delegated", "reason"], rows)
 
 
 # --- bench -------------------------------------------------------------------------------------

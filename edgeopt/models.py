@@ -71,9 +71,12 @@ class LoadedModel:
         """
         if split not in ("calibration", "eval"):
             raise ValueError(f"split must be 'calibration' or 'eval', got {split!r}")
+        seed = 0 if split == "calibration" else 1
         if self.tokenizer is not None:
             return _text_samples(self, n, batch, seq_len, split)
-        return _random_samples(self._example, n, seed=0 if split == "calibration" else 1)
+        if self.config is not None:  # a text model shipped without a tokenizer: random token ids
+            return _random_token_samples(self, n, batch, seq_len, seed)
+        return _random_samples(self._example, n, seed=seed)
 
 
 def load_model(spec: str | None = None, *, allow_pickle: bool = False) -> LoadedModel:
@@ -417,6 +420,24 @@ def _text_samples(loaded: LoadedModel, n: int, batch: int, seq_len: int, split: 
     for s in range(n):
         sl = slice(s * batch, (s + 1) * batch)
         samples.append(tuple(enc[name][sl] for name in loaded.input_names))
+    return samples
+
+
+def _random_token_samples(loaded: LoadedModel, n: int, batch: int, seq_len: int, seed: int) -> list[tuple]:
+    import torch
+
+    vocab = int(getattr(loaded.config, "vocab_size", 0) or 0)
+    if vocab <= 0:
+        raise UsageError(f"{loaded.source}: no tokenizer and no vocab_size in config.json to make sample inputs from")
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n):
+        feeds = {
+            "input_ids": torch.randint(0, vocab, (batch, seq_len), generator=gen),
+            "attention_mask": torch.ones(batch, seq_len, dtype=torch.long),
+            "token_type_ids": torch.zeros(batch, seq_len, dtype=torch.long),
+        }
+        samples.append(tuple(feeds[name] for name in loaded.input_names))
     return samples
 
 

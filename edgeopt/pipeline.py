@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from edgeopt.errors import EdgeoptError, FidelityError, NoFitError, UnsupportedError
 from edgeopt.formats import Precision, Runtime
 from edgeopt.planner import CandidateRow, Plan, Status, make_plan
+from edgeopt.quantize import Activations
 
 EVAL_SAMPLES = 16  # held-out inputs for fidelity
 CALIBRATION_SAMPLES = 4  # for sensitivity (and, later, static quantization)
@@ -34,10 +35,23 @@ class PackageResult:
     plan: Plan
 
 
+@dataclass
+class Built:
+    """An artifact that was built and measured on the host in its runtime."""
+
+    artifact: object  # packagers.Artifact
+    fidelity: object  # verify.Fidelity
+    expected: list  # the artifact's own outputs on the eval samples
+
+
 def package(profile, model: str | None = None, *, out: Path = Path("dist"), runtime: Runtime | None = None,
-            precision: Precision | None = None, force: bool = False, allow_pickle: bool = False,
-            progress: Progress | None = None) -> PackageResult:
+            precision: Precision | None = None, activations: Activations | None = None, all_formats: bool = False,
+            force: bool = False, allow_pickle: bool = False, progress: Progress | None = None) -> PackageResult:
     """Build, verify and bundle the best candidate for ``model`` on ``profile``.
+
+    ``runtime``/``precision``/``activations`` bypass the planner's choice. ``all_formats`` also builds the
+    chosen scheme in every other format that can, verifies each, and bundles those that pass; the
+    manifest's ``all_formats`` table records every one tried.
 
     Raises:
         NoFitError: nothing fits the estimates, or every built candidate missed the tolerance (exit 5).
@@ -54,18 +68,67 @@ def package(profile, model: str | None = None, *, out: Path = Path("dist"), runt
     say(f"analyse: {loaded.name} at batch {shapes.batch}, seq {shapes.seq_len}")
     stats = analyse(loaded, shapes.batch, shapes.seq_len, shapes.context_len)
     plan = make_plan(stats, profile, runtimes=[runtime] if runtime else None,
-                     precisions=[precision] if precision else None)
+                     precisions=[precision] if precision else None, activations=activations)
     if not plan.feasible:
         raise _no_fit(plan, "no candidate fits the profile's limits")
     target = bundle_dir(Path(out), loaded.name, profile.name)
     protected = (Path(loaded.source),) if Path(loaded.source).exists() else ()
     with BundleWriter(target, force=force, protected=protected) as writer:
         data = _Data(loaded, shapes.batch, shapes.seq_len)
-        artifact, fidelity, expected = _build_first_passing(plan, loaded, profile, data, writer.staging / ".work", say)
+        work = writer.staging / ".work"
+        built = [_build_first_passing(plan, loaded, profile, data, work, say)]
+        side_by_side = None
+        if all_formats:
+            more, side_by_side = _build_other_formats(built[0], loaded, profile, data, work, say)
+            built += more
         say(f"bundle: writing {target}")
-        manifest = _write_bundle(writer.staging, loaded, stats, profile, plan, artifact, fidelity, data, expected)
+        manifest = _write_bundle(writer.staging, loaded, stats, profile, plan, built, data, side_by_side)
         writer.commit()
     return PackageResult(target, manifest, plan)
+
+
+def _build_other_formats(chosen: Built, loaded, profile, data: "_Data", work: Path, say: Progress):
+    """The chosen scheme (layers kept float included) in every other format; each verified."""
+    from edgeopt.errors import EdgeoptError
+    from edgeopt.packagers import available_runtimes, get_packager
+
+    scheme = chosen.artifact.scheme
+    rows = [_side_row(chosen.artifact.runtime, scheme, "chosen", chosen, None)]
+    built = []
+    for runtime in available_runtimes():
+        if runtime is chosen.artifact.runtime:
+            continue
+        packager = get_packager(runtime)
+        try:
+            packager.check_available()
+            say(f"export: {runtime.value}/{scheme.precision.value} (--all-formats)")
+            artifact = packager.export(loaded, scheme, work / f"all-{runtime.value}", shapes=data.shapes,
+                                       calibration=data.calibration)
+            say(f"verify: {runtime.value}/{scheme.precision.value} in {runtime.value}")
+            fidelity, expected = _verify(packager, artifact, loaded, data)
+        except EdgeoptError as e:
+            rows.append(_side_row(runtime, scheme, "failed", None, str(e).splitlines()[0]))
+            continue
+        miss = _misses(fidelity, profile.targets.fidelity)
+        b = Built(artifact, fidelity, expected)
+        rows.append(_side_row(runtime, scheme, "bundled" if miss is None else "rejected", b, miss))
+        if miss is None:
+            built.append(b)
+    return built, rows
+
+
+def _side_row(runtime: Runtime, scheme, status: str, built: Built | None, reason: str | None) -> dict:
+    art = built.artifact if built else None
+    return {
+        "runtime": runtime.value,
+        "precision": scheme.precision.value,
+        "status": status,
+        "file": art.path.name if art else None,
+        "bytes": art.path.stat().st_size if art and art.path.exists() else None,
+        "fidelity": built.fidelity.to_dict() if built else None,
+        "delegation": (art.details or {}).get("delegation") if art else None,
+        "reason": reason,
+    }
 
 
 class _Data:
@@ -120,7 +183,7 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
                 row.status, row.fidelity = Status.CHOSEN, fidelity.to_dict()
                 row.candidate = type(row.candidate)(row.candidate.runtime, row.candidate.precision, attempt_scheme)
                 say(f"verify: {row.candidate.key} passes: {fidelity.summary()}")
-                return artifact, fidelity, expected
+                return Built(artifact, fidelity, expected)
             say(f"verify: {row.candidate.key} misses: {miss}")
             row.fidelity = fidelity.to_dict()
             if not fidelity.finite:
@@ -181,19 +244,62 @@ def _no_fit(plan: Plan, headline: str, cls=NoFitError) -> NoFitError:
     return err
 
 
-def _write_bundle(staging: Path, loaded, stats, profile, plan, artifact, fidelity, data: _Data, expected) -> dict:
-    import numpy as np
-
+def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built], data: _Data,
+                  side_by_side: list[dict] | None) -> dict:
     from edgeopt import __version__, report
-    from edgeopt.bundle import SCHEMA_VERSION, file_hashes, sha256_file, write_json
+    from edgeopt.bundle import SCHEMA_VERSION, file_hashes, write_json
     from edgeopt.packagers import get_packager
-    from edgeopt.resources import builtin_dir
 
+    for b in built:
+        _move_into(staging, b.artifact)
+    shutil.rmtree(staging / ".work", ignore_errors=True)
+    _write_inputs(staging / "inputs.npz", loaded, data, built)
+    _copy_runners(staging, [b.artifact.runtime for b in built])
+
+    toolchain = {}
+    for b in built:
+        toolchain.update(get_packager(b.artifact.runtime).toolchain_versions())
+    chosen = plan.chosen
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "edgeopt_version": __version__,
+        "created_unix": int(time.time()),
+        "toolchain": toolchain,
+        "model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.source_sha256,
+                  "family": loaded.family.value, "inputs": list(loaded.input_names), "outputs": list(loaded.output_names)},
+        "profile": profile.to_dict(),
+        "stats": stats.to_dict(),
+        "plan": plan.to_dict(),
+        "artifacts": [_artifact_entry(staging, b) for b in built],
+        "estimates": chosen.estimate if chosen else None,
+        "fidelity": built[0].fidelity.to_dict(),
+    }
+    if side_by_side is not None:
+        manifest["all_formats"] = side_by_side
+    (staging / "README.md").write_text(report.bundle_readme(manifest), encoding="utf-8")
+    (staging / "report.md").write_text(report.bundle_report(manifest), encoding="utf-8")
+    manifest["files"] = file_hashes(staging)
+    write_json(staging / "manifest.json", manifest)
+    return manifest
+
+
+def _move_into(staging: Path, artifact) -> None:
+    """Move an artifact (and its extra files) from its work folder to the bundle's top level."""
     final = staging / artifact.path.name
+    if final.exists():
+        raise FileExistsError(f"two artifacts named {final.name}")
     shutil.move(str(artifact.path), final)
+    artifact.path = final
+    moved = []
     for extra in artifact.extra_files:
         shutil.move(str(extra), staging / extra.name)
-    shutil.rmtree(staging / ".work", ignore_errors=True)
+        moved.append(staging / extra.name)
+    artifact.extra_files = tuple(moved)
+
+
+def _write_inputs(path: Path, loaded, data: _Data, built: list[Built]) -> None:
+    """inputs.npz: input.<name> [K, ...], reference.<output> (fp32 model), expected.<output> per artifact."""
+    import numpy as np
 
     k = min(PARITY_SAMPLES, len(data.eval_np))
     arrays = {}
@@ -201,48 +307,41 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, artifact, fidelit
         arrays[f"input.{name}"] = np.stack([s[i] for s in data.eval_np[:k]])
     for j, name in enumerate(loaded.output_names):
         arrays[f"reference.{name}"] = np.stack([r[j] for r in data.reference[:k]])
-        arrays[f"expected.{name}"] = np.stack([np.asarray(e[j]) for e in expected[:k]])
-    np.savez(staging / "inputs.npz", **arrays)
+        for n, b in enumerate(built):
+            key = f"expected.{name}" if n == 0 else f"expected.{b.artifact.path.name}.{name}"
+            arrays[key] = np.stack([np.asarray(e[j]) for e in b.expected[:k]])
+    np.savez(path, **arrays)
 
-    runtimes_dir = builtin_dir("runtimes")
+
+def _copy_runners(staging: Path, runtimes: list[Runtime]) -> None:
+    from edgeopt.resources import builtin_dir
+
+    src = builtin_dir("runtimes")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "__init__.py")
-    shutil.copytree(runtimes_dir / "common", staging / "runner" / "common", ignore=ignore)
-    shutil.copytree(runtimes_dir / artifact.runtime.value, staging / "runner" / artifact.runtime.value, ignore=ignore)
-    shutil.copy2(runtimes_dir / "common" / "bench.sh", staging / "bench.sh")
+    shutil.copytree(src / "common", staging / "runner" / "common", ignore=ignore)
+    for runtime in dict.fromkeys(runtimes):
+        shutil.copytree(src / runtime.value, staging / "runner" / runtime.value, ignore=ignore)
+    shutil.copy2(src / "common" / "bench.sh", staging / "bench.sh")
     (staging / "bench.sh").chmod(0o755)
 
-    packager = get_packager(artifact.runtime)
-    entry = {
-        "file": final.name,
-        "format": artifact.format.value,
-        "runtime": artifact.runtime.value,
-        "precision": artifact.precision.value,
-        "scheme": artifact.scheme.to_dict(),
-        "sha256": sha256_file(final),
-        "bytes": final.stat().st_size,
-        "inputs": [t.to_dict() for t in artifact.inputs],
-        "outputs": [t.to_dict() for t in artifact.outputs],
-        "quantization": artifact.coverage.to_dict() if artifact.coverage else None,
-        "fidelity": fidelity.to_dict(),
-        "details": artifact.details,
+
+def _artifact_entry(staging: Path, b: Built) -> dict:
+    from edgeopt.bundle import sha256_file
+
+    art = b.artifact
+    return {
+        "file": art.path.name,
+        "format": art.format.value,
+        "runtime": art.runtime.value,
+        "precision": art.precision.value,
+        "scheme": art.scheme.to_dict(),
+        "sha256": sha256_file(art.path),
+        "bytes": art.path.stat().st_size,
+        "inputs": [t.to_dict() for t in art.inputs],
+        "outputs": [t.to_dict() for t in art.outputs],
+        "quantization": art.coverage.to_dict() if art.coverage else None,
+        "fidelity": b.fidelity.to_dict(),
+        "extra_files": [p.name for p in art.extra_files],
+        "details": art.details,
+        "build_seconds": round(art.build_seconds, 2),
     }
-    chosen = plan.chosen
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "edgeopt_version": __version__,
-        "created_unix": int(time.time()),
-        "toolchain": packager.toolchain_versions(),
-        "model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.source_sha256,
-                  "family": loaded.family.value, "inputs": list(loaded.input_names), "outputs": list(loaded.output_names)},
-        "profile": profile.to_dict(),
-        "stats": stats.to_dict(),
-        "plan": plan.to_dict(),
-        "artifacts": [entry],
-        "estimates": chosen.estimate if chosen else None,
-        "fidelity": fidelity.to_dict(),
-    }
-    (staging / "README.md").write_text(report.bundle_readme(manifest), encoding="utf-8")
-    (staging / "report.md").write_text(report.bundle_report(manifest), encoding="utf-8")
-    manifest["files"] = file_hashes(staging)
-    write_json(staging / "manifest.json", manifest)
-    return manifest

@@ -9,10 +9,10 @@ order lives in ``edgeopt.pipeline``; rows it tries get their measured fidelity r
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeopt.formats import Precision, Runtime
-from edgeopt.quantize import QuantScheme, default_scheme
+from edgeopt.quantize import Activations, QuantScheme, default_scheme
 
 
 class Status(str, enum.Enum):
@@ -96,11 +96,12 @@ class Plan:
 
 
 def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
-              precisions: list[Precision] | None = None) -> Plan:
+              precisions: list[Precision] | None = None, activations: Activations | None = None) -> Plan:
     """Estimate every runtime × precision candidate for ``stats`` on ``profile``; nothing is built.
 
     ``runtimes``/``precisions`` restrict the space (``--format``/``--precision`` overrides); a
-    restriction the profile does not allow is still listed, rejected with the reason.
+    restriction the profile does not allow is still listed, rejected with the reason. ``activations``
+    sets how quantized candidates treat activations (dynamic by default; static = calibrated).
     """
     from edgeopt.packagers import PACKAGERS, available_runtimes
     from edgeopt.planner.cost import estimate, fit_reasons
@@ -109,7 +110,10 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
     rows = []
     for runtime in runtimes or list(profile.runtimes):
         for precision in precisions or list(Precision):
-            cand = Candidate(runtime, precision, default_scheme(precision))
+            scheme = default_scheme(precision)
+            if activations is not None and scheme.is_quantized:
+                scheme = replace(scheme, activations=activations)
+            cand = Candidate(runtime, precision, scheme)
             reasons = []
             if runtime not in profile.runtimes:
                 reasons.append(f"{runtime.value} not in the profile's runtimes ({', '.join(r.value for r in profile.runtimes)})")
@@ -119,6 +123,8 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
                 caps = PACKAGERS.get(runtime.value).capabilities
                 if precision not in caps.precisions:
                     reasons.append(caps.notes.get(precision, f"{runtime.value} packager cannot build {precision.value}"))
+                elif scheme.activations not in caps.activations:
+                    reasons.append(f"{runtime.value} packager cannot build {scheme.activations.value} activations")
             est = estimate(stats, profile, runtime, precision)
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))

@@ -267,8 +267,11 @@ def read_samples(bundle, art):
     references, expected = {}, {}
     for spec in art["outputs"]:
         references[spec["name"]] = _samples(arrays, path, "reference." + spec["name"], k)[:k]
-        if "expected." + spec["name"] in arrays:
-            expected[spec["name"]] = _samples(arrays, path, "expected." + spec["name"], k)[:k]
+        # A bundle with several artifacts keeps each one's host outputs as expected.<file>.<output>.
+        for key in ("expected.%s.%s" % (art["file"], spec["name"]), "expected." + spec["name"]):
+            if key in arrays:
+                expected[spec["name"]] = _samples(arrays, path, key, k)[:k]
+                break
     return inputs, references, expected, k
 
 

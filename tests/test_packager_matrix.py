@@ -1,0 +1,136 @@
+"""Every model case × format × scheme, built by its packager and run in its real runtime.
+
+Each cell is either built and proven (parity against the eager fp32 model, from one threshold table),
+or refused with an UnsupportedError whose reason the packager declares in its Capabilities.notes.
+Tiny random-init models carry the full matrix; MiniLM is covered by the format suites and benchmarks.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.errors import MissingDependencyError, UnsupportedError
+from edgeopt.formats import Precision, Runtime
+from edgeopt.quantize import Activations, QuantScheme, default_scheme
+from edgeopt.verify import compare
+
+SCHEMES = {
+    "fp32": QuantScheme(Precision.FP32),
+    "fp16": QuantScheme(Precision.FP16),
+    "int8-dynamic": default_scheme(Precision.INT8),
+    "int8-static": replace(default_scheme(Precision.INT8), activations=Activations.STATIC),
+    "int4": default_scheme(Precision.INT4),
+}
+
+# Minimum mean cosine of the artifact's primary output against the fp32 eager model on 8 held-out inputs.
+# Set from measurement on these tiny random-init models (worst cell of every format, then rounded down
+# with a margin); fp32 is an exact-conversion check, the rest bound quantization error.
+MIN_COSINE = {
+    "fp32": 0.99999,
+    "fp16": 0.9995,
+    "int8-dynamic": 0.995,
+    "int8-static": 0.98,
+    "int4": 0.95,
+}
+# fp32 artifacts must match eager to float rounding (relative to the output's scale).
+FP32_MAX_REL_ERR = 1e-4
+
+SEQ_LEN = 32
+
+
+def _tiny_llama(path: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    return path
+
+
+_CONV = textwrap.dedent("""
+    import torch
+
+    class SmallConvNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+            self.classifier = torch.nn.Linear(32, 10)
+
+        def forward(self, image):
+            return self.classifier(self.features(image).flatten(1))
+
+    def make_model():
+        torch.manual_seed(0)
+        return SmallConvNet().eval(), (torch.randn(1, 3, 32, 32),)
+""")
+
+
+@pytest.fixture(scope="module")
+def model_cases(tmp_path_factory, tiny_bert):
+    from edgeopt.models import load_model
+
+    root = tmp_path_factory.mktemp("matrix")
+    conv = root / "convnet.py"
+    conv.write_text(_CONV)
+    return {
+        "tiny-bert": tiny_bert,
+        "tiny-llama": load_model(str(_tiny_llama(root / "tiny-llama"))),
+        "conv-net": load_model(f"{conv}:make_model"),
+    }
+
+
+def _packager(runtime: Runtime):
+    from edgeopt.packagers import available_runtimes, get_packager
+
+    if runtime not in available_runtimes():
+        pytest.skip(f"no {runtime.value} packager in this tree")
+    packager = get_packager(runtime)
+    try:
+        packager.check_available()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    return packager
+
+
+@pytest.mark.parametrize("scheme_name", list(SCHEMES))
+@pytest.mark.parametrize("runtime", list(Runtime), ids=lambda r: r.value)
+@pytest.mark.parametrize("case", ["tiny-bert", "tiny-llama", "conv-net"])
+def test_cell(model_cases, case, runtime, scheme_name, tmp_path):
+    packager = _packager(runtime)
+    loaded = model_cases[case]
+    scheme = SCHEMES[scheme_name]
+    calibration = loaded.sample_inputs(4, batch=1, seq_len=SEQ_LEN, split="calibration")
+    samples = loaded.sample_inputs(8, batch=1, seq_len=SEQ_LEN, split="eval")
+    try:
+        artifact = packager.export(loaded, scheme, tmp_path, shapes=(1, SEQ_LEN), calibration=calibration)
+    except UnsupportedError as e:
+        # A refusal is fine only when the packager declares it (and the message says why).
+        declared = packager.capabilities.notes.get(scheme.precision)
+        static_refused = scheme.activations not in packager.capabilities.activations
+        assert declared or static_refused, f"undeclared refusal: {e}"
+        assert len(str(e)) > 20
+        return
+    with torch.no_grad():
+        reference = [[t.numpy() for t in loaded.module(*s)] for s in samples]
+    outputs = packager.run(artifact, [tuple(t.numpy() for t in s) for s in samples])
+    fid = compare(reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
+    assert fid.finite
+    assert fid.mean_cosine >= MIN_COSINE[scheme_name], f"{case} {runtime.value} {scheme_name}: {fid.summary()}"
+    assert [tuple(o.shape) for o in outputs[0]] == [tuple(r.shape) for r in reference[0]]
+    if scheme_name == "fp32":
+        scale = max(float(np.abs(r).max()) for r in reference[0])
+        assert fid.max_abs_err <= FP32_MAX_REL_ERR * max(scale, 1.0), fid.summary()
+    if scheme.is_quantized:
+        cov = artifact.coverage
+        assert cov is not None and cov.quantized, "a quantized artifact must report what it quantized"
+        assert not cov.unexpected(), cov.unexpected()
+        assert artifact.path.stat().st_size > 0
