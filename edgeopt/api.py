@@ -17,7 +17,8 @@ Progress = Callable[[str], None]
 
 def load_profile(name_or_path):
     """A built-in profile by name, or a profile YAML file (strictly validated)."""
-    from edgeopt.profiles import Profile, load_profile as _load
+    from edgeopt.profiles import Profile
+    from edgeopt.profiles import load_profile as _load
 
     return name_or_path if isinstance(name_or_path, Profile) else _load(name_or_path)
 

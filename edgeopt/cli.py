@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from edgeopt import __version__
-from edgeopt.errors import EdgeoptError, UsageError
+from edgeopt.errors import EdgeoptError
 
 MB = 1024 * 1024
 _MODEL_HELP = "Hugging Face directory, hub id, or file.py:factory (default: the built-in all-MiniLM-L6-v2)"
@@ -111,9 +111,10 @@ def profiles_validate(file: str) -> None:
 @click.option("--name", default="this-machine", show_default=True)
 def profiles_detect(out: str | None, name: str) -> None:
     """Write a profile for the machine this runs on (psutil, CPU flags, a bandwidth probe)."""
-    from edgeopt.profiles import detect_profile, dump_profile_yaml
+    from edgeopt.detect import DETECT_HEADER, detect_profile
+    from edgeopt.profiles import dump_profile_yaml
 
-    text = dump_profile_yaml(detect_profile(name))
+    text = dump_profile_yaml(detect_profile(name), header=DETECT_HEADER)
     if out:
         Path(out).write_text(text, encoding="utf-8")
         click.echo(f"wrote {out}", err=True)

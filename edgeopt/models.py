@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from edgeopt.errors import InputFileError, MissingDependencyError, UnsupportedError, UsageError
+from edgeopt.errors import (
+    InputFileError,
+    MissingDependencyError,
+    UnsupportedError,
+    UsageError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -24,13 +24,11 @@ import yaml
 
 from edgeopt.errors import ProfileError
 from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.profile_yaml import parse_profile_yaml, read_profile_text
 from edgeopt.registry import unknown_name_message
 from edgeopt.resources import builtin_dir
 
 SCHEMA_VERSION = 1
-MAX_PROFILE_BYTES = 1 << 20  # a profile is ~2 KB; anything near a MiB is the wrong file or an attack
-_MAX_DEPTH = 16  # the schema is 3 levels deep; the bound keeps PyYAML's recursive composer safe
-_MAX_NODES = 10_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -540,149 +538,6 @@ class _Checker:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading YAML safely: bounded size and depth, no aliases, no tags, no duplicate keys
-# ----------------------------------------------------------------------------------------------
-
-
-class _Refused(yaml.MarkedYAMLError):
-    """A YAML construct a profile may not use; carries its position like PyYAML's own errors."""
-
-    def __init__(self, problem: str, mark: Any):
-        super().__init__(problem=problem, problem_mark=mark)
-
-
-class _Located(dict):
-    """A mapping that remembers the line of each key, so problems can name it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: dict = {}
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (alias bombs), deep nesting and foreign tags, and records duplicates."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.depth = self.nodes = 0
-        self.duplicates: list[tuple[Any, Any, int]] = []
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"YAML alias *{event.anchor} is not allowed in a profile (write the value out)",
-                           event.start_mark)
-        self.depth, self.nodes = self.depth + 1, self.nodes + 1
-        if self.depth > _MAX_DEPTH or self.nodes > _MAX_NODES:
-            limits = f"{_MAX_DEPTH} levels, {_MAX_NODES} values"
-            raise _Refused(f"too deep or too large for a profile (limits: {limits})", event.start_mark)
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, TypeError, AttributeError, OverflowError) as e:  # e.g. `!!float abc`, `!!int 1x`
-            problem = f"cannot read {_tag(node)} value {_repr.repr(node.value)}: {e}"
-            raise _Refused(problem, node.start_mark) from None
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> _Located:
-        if not isinstance(node, yaml.MappingNode):
-            raise _Refused(f"expected a mapping, found a {node.id}", node.start_mark)
-        mapping = _Located()
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                problem = f"a mapping key must be a plain name, found a {key_node.id}"
-                raise _Refused(problem, key_node.start_mark) from None
-            line = key_node.start_mark.line + 1
-            if key in mapping:
-                self.duplicates.append((key, key_node.start_mark, mapping.lines[key]))
-                continue
-            mapping[key] = self.construct_object(value_node, deep=deep)
-            mapping.lines[key] = line
-        return mapping
-
-    def construct_undefined(self, node: Any) -> Any:
-        raise _Refused(f"YAML tag {_tag(node)} is not allowed in a profile (profiles are plain data: mappings, "
-                       f"lists, strings, numbers; remove the tag)", node.start_mark)
-
-
-def _tag(node: Any) -> str:
-    return str(node.tag).replace("tag:yaml.org,2002:", "!!")
-
-
-def _construct_map(loader: _StrictLoader, node: Any) -> Any:
-    data = _Located()
-    yield data
-    built = loader.construct_mapping(node)
-    data.update(built)
-    data.lines.update(built.lines)
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_StrictLoader.add_constructor(None, _StrictLoader.construct_undefined)
-
-
-def _position(source: str, mark: Any) -> str:
-    return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-
-
-def parse_profile_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse profile YAML text into plain data (not yet validated).
-
-    Raises:
-        ProfileError: syntax errors, aliases, tags, duplicate keys; each with ``source:line:column``.
-    """
-    loader = None
-    try:
-        loader = _StrictLoader(text)  # the reader already rejects control characters here
-        data = loader.get_single_data()
-    except _Refused as e:
-        raise ProfileError(f"{_position(source, e.problem_mark)}: {e.problem}") from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
-        problem = f"YAML syntax error: {e.problem or e.context}{context}"
-        raise ProfileError(f"{_position(source, mark)}: {problem}") from None
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{source}: not valid YAML: {e}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    if loader.duplicates:
-        raise ProfileError("\n".join(
-            f"{_position(source, mark)}: duplicate key {_key_text(key)!r} "
-            f"(first written on line {first}; keep one)"
-            for key, mark, first in sorted(loader.duplicates, key=lambda d: (d[1].line, d[1].column))))
-    return data
-
-
-def _read_profile_text(path: Path, shown: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PROFILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ProfileError(f"profile file not found: {shown}") from None
-    except IsADirectoryError:
-        raise ProfileError(f"{shown} is a directory, not a profile file (give the .yaml file)") from None
-    except OSError as e:
-        raise ProfileError(f"cannot read profile file {shown}: {e.strerror or e}") from None
-    if len(raw) > MAX_PROFILE_BYTES:
-        raise ProfileError(
-            f"{shown} is larger than 1 MiB; a profile is a few KB of YAML (is this the right file?)"
-        )
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ProfileError(f"{shown}: not UTF-8 text (byte offset {e.start}); save the profile as UTF-8") from None
-
-
-# ----------------------------------------------------------------------------------------------
 # Loading by name or path
 # ----------------------------------------------------------------------------------------------
 
@@ -695,6 +550,13 @@ def builtin_profile_names() -> list[str]:
 def load_builtin_profiles() -> list[Profile]:
     """Every built-in profile, sorted by name."""
     return [load_profile(name) for name in builtin_profile_names()]
+
+
+def detect_profile(name: str = "this-machine") -> dict:
+    """A validated profile dict for the machine this runs on (see ``edgeopt.detect``)."""
+    from edgeopt.detect import detect_profile as _detect
+
+    return _detect(name)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -726,168 +588,11 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
 
 
 def _load_file(path: Path, shown: str) -> Profile:
-    data = parse_profile_yaml(_read_profile_text(path, shown), shown)
+    data = parse_profile_yaml(read_profile_text(path, shown), shown)
     return Profile.from_dict(data, source=shown)
 
 
-# ----------------------------------------------------------------------------------------------
-# Detecting the machine this runs on
-# ----------------------------------------------------------------------------------------------
-
-# Sustained fp32 FLOPs per cycle per physical core, about half the vector peak, because inference
-# GEMMs on transformer shapes reach roughly half of peak in ONNX Runtime (MLAS) and XNNPACK:
-#   AVX-512: 2 FMA units x 16 lanes x 2 = 64 peak -> 32 (optimistic on parts with one 512-bit FMA unit)
-#   AVX2+FMA: 2 FMA units x 8 lanes x 2 = 32 peak -> 16
-#   NEON (arm64; Cortex-A7x has 2 x 128-bit FMA pipes): 2 x 4 lanes x 2 = 16 peak -> 8
-#   SSE only: 8; anything else: 4 (a guess, written so)
-_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
-_FP16_MATH_FLAGS = {"asimdhp", "avx512_fp16"}
-_REPORTED_FLAGS = sorted(
-    {"avx2", "fma", "avx512f", "amx_tile", "asimd", "sve"} | _INT8_DOT_FLAGS | _FP16_MATH_FLAGS
-)
-
-
-def _flops_per_cycle(arch: str, flags: set[str]) -> int:
-    if arch == "x86_64":
-        if "avx512f" in flags:
-            return 32
-        return 16 if {"avx2", "fma"} <= flags else 8
-    return 8 if arch == "arm64" else 4
-
-
-def _cpu_info() -> tuple[str, set[str], float | None]:
-    """CPU name, feature flags and /proc/cpuinfo's MHz (Linux; elsewhere name from platform only)."""
-    import platform
-
-    name, flags, mhz = "", set(), None
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key in ("model name", "Model", "Hardware") and not name:
-            name = value
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-        elif key == "cpu MHz" and mhz is None:
-            try:
-                mhz = float(value)
-            except ValueError:
-                pass
-    if not flags and platform.system() == "Darwin" and platform.machine() == "arm64":
-        flags = {"asimd", "asimddp", "asimdhp"}  # every Apple M-series core has dot product and fp16 math
-    return name or platform.processor() or platform.machine(), flags, mhz
-
-
-def _cpu_ghz(proc_mhz: float | None) -> float:
-    """Max (turbo) clock where known, else the current one; 2.0 GHz when nothing reports it."""
-    import psutil
-
-    try:
-        freq = psutil.cpu_freq()
-    except (OSError, NotImplementedError, AttributeError):
-        freq = None
-    for mhz in (freq and freq.max, freq and freq.current, proc_mhz):
-        if mhz and mhz > 0:
-            return mhz / 1000
-    return 2.0
-
-
-def _measure_copy_gbps(seconds: float = 0.3) -> float:
-    """Best-of copy bandwidth of a 64 MiB array (past most L3 caches), counting read + write.
-
-    One thread: it understates a multi-channel peak, roughly what one inference thread streaming
-    weights sees, so the cost model stays on the safe side.
-    """
-    import time
-
-    import numpy as np
-
-    src = np.ones(64 * 2**20 // 8)
-    dst = np.empty_like(src)
-    best, deadline = math.inf, time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-        if time.perf_counter() > deadline:
-            break
-    return 2 * src.nbytes / best / 1e9
-
-
-def detect_profile(name: str = "this-machine") -> dict:
-    """A profile dict for the machine this runs on, from psutil, CPU flags and a short copy benchmark.
-
-    ``device.cores`` is the logical CPU count (``psutil.cpu_count(logical=True)``); ``compute.threads``
-    and the FLOP estimate use physical cores, because SMT siblings share the vector units.
-    Takes about 0.3 s (the bandwidth measurement).
-
-    Raises:
-        ProfileError: ``name`` is not a valid profile name, or the machine is an arch edgeopt has no rules for.
-    """
-    import platform
-    import shutil
-
-    import psutil
-
-    try:
-        _name(name)  # fail before the measurement, with the same message a profile file would get
-    except _Bad as bad:
-        raise ProfileError(f"<detected>: name {bad}") from None
-    arch = _ARCH_ALIASES.get(platform.machine().lower(), platform.machine().lower())
-    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    physical = min(psutil.cpu_count(logical=False) or logical, logical)
-    cpu, flags, proc_mhz = _cpu_info()
-    ghz = _cpu_ghz(proc_mhz)
-    fp32 = round(physical * ghz * _flops_per_cycle(arch, flags), 1)
-    dot = bool(flags & _INT8_DOT_FLAGS)
-    ram = psutil.virtual_memory().total
-    try:
-        free_mb = shutil.disk_usage(os.getcwd()).free / 2**20
-    except OSError:
-        free_mb = 4096.0
-    precisions = ["fp32"] + (["fp16"] if flags & _FP16_MATH_FLAGS else []) + ["int8"]
-    if "avx2" in flags or arch == "arm64":  # weight-only int4 kernels (MLAS MatMulNBits, XNNPACK qc4w)
-        precisions.append("int4")
-    compute: dict[str, Any] = {
-        "threads": physical,
-        "fp32_gflops": fp32,
-        "int8_gops": round(fp32 * (4 if dot else 2), 1),  # dot-product/VNNI: 4 int8 MACs per fp32 lane
-        "memory_bandwidth_gbps": round(_measure_copy_gbps(), 1),
-    }
-    if flags & _FP16_MATH_FLAGS:
-        compute["fp16_gflops"] = round(fp32 * 2, 1)  # fp16 lanes are twice as many per vector
-    data = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "description": f"this machine: {cpu}, {logical} logical / {physical} physical cores at {ghz:.2f} GHz; "
-        f"flags: {' '.join(f for f in _REPORTED_FLAGS if f in flags) or 'none found'}",
-        "device": {"arch": arch, "cores": logical, "ram_gb": round(max(ram / 2**30, 0.01), 2), "cpu": cpu},
-        "limits": {
-            "model_ram_mb": max(1, int(ram / 2**20 * 0.25)),  # a quarter of RAM: the rest is the OS and the app
-            "model_storage_mb": max(1, min(16384, int(free_mb * 0.25))),
-            "precisions": precisions,
-        },
-        "compute": compute,
-        "runtimes": ["executorch", "litert", "onnxruntime"] if arch.startswith("arm")
-        else ["onnxruntime", "executorch", "litert"],
-        "shapes": {"batch": 1, "seq_len": 128},
-        "targets": {"fidelity": {"min_cosine": 0.99}},
-    }
-    Profile.from_dict(data, source="<detected>")
-    return data
-
-
-_DETECT_HEADER = """\
-# edgeopt device profile written by `edgeopt profiles detect`.
-# device and limits come from psutil (limits: a quarter of RAM, a quarter of free disk up to 16 GiB);
-# fp32_gflops = physical cores x max clock x sustained FLOPs/cycle for the CPU's vector flags (about half of
-# peak); int8_gops = 4x that with a dot-product/VNNI flag, else 2x; memory_bandwidth_gbps is a one-thread
-# numpy copy. These are estimates: edit them if you know better numbers for this machine."""
-
-
-def dump_profile_yaml(data: dict, header: str = _DETECT_HEADER) -> str:
+def dump_profile_yaml(data: dict, header: str = "# edgeopt device profile") -> str:
     """YAML text of a profile dict, led by ``header`` (comment lines) saying how it was made."""
     lines = [line if line.startswith("#") else f"# {line}" for line in header.splitlines()]
     body = yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from edgeopt.errors import ProfileError, UsageError
 from edgeopt.formats import Precision, Runtime
+from edgeopt.detect import DETECT_HEADER
 from edgeopt.profiles import (
     Profile,
     builtin_profile_names,
@@ -362,7 +363,7 @@ def test_detect_profile_validates_and_counts_logical_cores(tmp_path):
     assert 0.1 < profile.compute.memory_bandwidth_gbps < 2000
     expected_first = Runtime.EXECUTORCH if profile.device.arch.startswith("arm") else Runtime.ONNXRUNTIME
     assert profile.runtimes[0] == expected_first
-    text = dump_profile_yaml(data)
+    text = dump_profile_yaml(data, header=DETECT_HEADER)
     assert text.startswith("# edgeopt device profile written by `edgeopt profiles detect`.")
     path = tmp_path / "ci-box.yaml"
     path.write_text(text)
