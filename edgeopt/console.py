@@ -61,3 +61,42 @@ class Console:
         self.err.print(f"[bold red]error:[/] {text}", markup=True, highlight=False) if self.interactive else print(
             f"error: {text}", file=sys.stderr, flush=True
         )
+
+
+@contextmanager
+def native_output_to_log(prefix: str = "edgeopt-"):
+    """Send what converters' native code prints (absl, XNNPACK, progress bars) to a log file.
+
+    File descriptors 1 and 2 are pointed at the log while ``sys.stdout``/``sys.stderr`` keep writing to
+    the terminal, so edgeopt's own output is untouched. The log is removed on success and kept (its path
+    is yielded) when the block fails, for the bug report.
+    """
+    import io
+    import os
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd, log_path = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    saved = os.dup(1), os.dup(2)
+    old_streams = sys.stdout, sys.stderr
+    sys.stdout = io.TextIOWrapper(os.fdopen(os.dup(saved[0]), "wb", buffering=0), write_through=True)
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved[1]), "wb", buffering=0), write_through=True)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    ok = False
+    try:
+        yield log_path
+        ok = True
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+        sys.stdout, sys.stderr = old_streams
+        if ok or os.path.getsize(log_path) == 0:
+            os.unlink(log_path)
+        else:
+            print(f"(converter output kept in {log_path})", file=sys.stderr)

@@ -1,0 +1,661 @@
+"""LiteRT packager: litert-torch → model.tflite (fp32), then ai-edge-quantizer 0.10 for the other precisions.
+
+What each precision builds. Numbers: all-MiniLM-L6-v2, seq 128, mean cosine of sentence_embedding vs
+fp32 eager over 16 eval samples; latency is the best of 60 runs at 2 threads on a shared 2-core AVX2 host.
+
+- fp32: the converter's output (89.9 MB, 43 ms, peak RSS 125 MB: the file is mapped, not copied).
+- fp16: weights stored fp16 (ai-edge-quantizer FLOAT_CASTING: a DEQUANTIZE per weight). XNNPACK unpacks
+  them to fp32 at load and computes fp32 (45.3 MB, cosine 1.0000, 43 ms; peak RSS 199 MB: small file,
+  more RAM than fp32).
+- int8, dynamic activations (the default): int8 per-channel symmetric weights on FULLY_CONNECTED /
+  BATCH_MATMUL / CONV_2D / DEPTHWISE_CONV_2D, activations quantized per run by the kernels; embedding
+  tables (EMBEDDING_LOOKUP) int8 per row (23.5 MB, cosine 0.9979, 37 ms, peak RSS 64 MB).
+- int8, float activations: weight-only int8; XNNPACK takes the DEQUANTIZEs and computes fp32, the
+  embedding tables are unpacked to fp32 at load (23.5 MB, cosine 0.9994, 42 ms, peak RSS 205 MB).
+- int8, static activations: calibrated int8 activations around the weighted ops only (23.8 MB, cosine
+  0.953; with the six FFN down-projections kept float 34.4 MB, 0.995). static_wi8_ai8 on every op, the
+  full-integer graph, measured cosine 0.68.
+- int4: int4 weights in blocks of ``group_size`` with dynamic int8 activations, embeddings int8 (18.6 MB,
+  cosine 0.961, 64 ms: the blockwise kernels are slow on AVX2 without VNNI). Per channel: 18.2 MB, 0.915,
+  32 ms. Weight-only int4 exists per channel only in ai-edge-quantizer 0.10's policy and leaves every
+  FULLY_CONNECTED outside XNNPACK, dequantizing each run (0.917, 114 ms).
+
+Module ↔ op mapping. litert-torch names tensors after the module path that produced them
+(``…/torch.nn.modules.linear.Linear_query;1``), but a folded constant carries every location it came from
+joined by ';' (the query weight also names the LayerNorm whose gamma the converter folded into it), so
+names are hints, not keys. Weights are matched by content instead: each constant weight operand in the
+fp32 model is compared with every Linear / Conv1D / Conv2d / Embedding weight of the module in TFLite
+layout — bit-equal, or equal up to a per-row or per-column scale (the converter folds LayerNorm gamma
+into the next linear's input columns and BatchNorm into a conv's output rows). The matched op's *scope*
+(its output tensor names joined by ';' plus ';', what ai-edge-quantizer matches recipe regexes against)
+then selects exactly that op in the recipe (``keep_float`` → NO_QUANTIZE) and finds it again in the
+quantized model, where the stored dtype of its weight (through a DEQUANTIZE for weight-only) is read from
+the flatbuffer for the coverage gate. Embedding rows looked up at fixed indices (BERT's position ids)
+are folded by the converter into a constant addend; they are found by content and reported as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.packagers import Artifact, Capabilities, Coverage, TensorSpec, register
+from edgeopt.quantize import Activations, Granularity, QuantScheme
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from edgeopt.models import LoadedModel
+
+SIGNATURE = "serving_default"
+# Weighted TFLite ops → index of their weight operand.
+_WEIGHT_OPERAND = {"FULLY_CONNECTED": 1, "BATCH_MATMUL": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1,
+                   "EMBEDDING_LOOKUP": 1, "GATHER": 0}
+_LINEAR_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
+_EMBEDDING_OPS = ("EMBEDDING_LOOKUP", "GATHER")  # GATHER tables have no weight quantization in ai-edge-quantizer
+_BLOCK_SIZES = (32, 64, 128, 256)  # ai-edge-quantizer's BLOCKWISE_N granularities
+_QUANTIZED_TYPES = ("INT8", "INT4")
+
+
+class TflitePackager:
+    runtime = Runtime.LITERT
+    capabilities = Capabilities(
+        precisions=frozenset({Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4}),
+        activations=frozenset({Activations.FLOAT, Activations.DYNAMIC, Activations.STATIC}),
+        notes={},
+    )
+
+    def check_available(self) -> None:
+        import importlib.util
+
+        # find_spec, not import: importing litert-torch takes ~15 s (it pulls in torchao and the MLIR stack).
+        for module, pkg in (("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer"),
+                            ("ai_edge_litert", "ai-edge-litert")):
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(module, "litert", pkg)
+
+    def toolchain_versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        import torch
+
+        out = {"torch": torch.__version__}
+        for pkg in ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"):
+            out[pkg] = version(pkg)
+        return out
+
+    def export(self, loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, shapes: tuple[int, int],
+               calibration: list[tuple]) -> Artifact:
+        """Convert, quantize per ``scheme``, check coverage and delegation; see the module docstring.
+
+        Raises:
+            UnsupportedError: a scheme ai-edge-quantizer / LiteRT cannot build (the reason says why).
+            ExportError: the converter or quantizer failed, or weights stayed float that should not have.
+        """
+        _check_scheme(scheme, calibration)
+        start = time.perf_counter()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        fp32_path = work_dir / "model.fp32.tflite"
+        _convert_named(loaded, loaded.example_inputs(*shapes), fp32_path)
+        weights = match_weights(fp32_path, loaded.module)
+        path = work_dir / "model.tflite"
+        if scheme.precision is Precision.FP32:
+            fp32_path.replace(path)
+        else:
+            static = scheme.activations is Activations.STATIC
+            feeds = _calibration_feeds(fp32_path, loaded.input_names, calibration) if static else []
+            _quantize(fp32_path, path, scheme, weights, feeds)
+            fp32_path.unlink()
+        stored = stored_weight_types(path, weights.ops)
+        coverage = _coverage(scheme, weights, stored, stored_weight_types(path, weights.unmapped))
+        details = {
+            "weights": dict(Counter(stored.values())),
+            "delegation": delegation(path),
+            "not_in_graph": sorted(weights.absent),
+        }
+        if weights.unmapped:
+            details["unmapped_weight_ops"] = sorted(w.module for w in weights.unmapped)
+        inputs, outputs = _io_specs(path, loaded.input_names, loaded.output_names)
+        return Artifact(path=path, format=Format.TFLITE, precision=scheme.precision, scheme=scheme, inputs=inputs,
+                        outputs=outputs, coverage=coverage, details=details,
+                        build_seconds=time.perf_counter() - start)
+
+    def run(self, artifact: Artifact, samples: list[tuple[np.ndarray, ...]]) -> list[list[np.ndarray]]:
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(artifact.path), num_threads=min(4, os.cpu_count() or 1))
+        runner = interpreter.get_signature_runner(SIGNATURE)
+        results = []
+        for sample in samples:
+            feeds = {spec.name: np.asarray(x).astype(spec.dtype, copy=False) for spec, x in zip(artifact.inputs, sample)}
+            out = runner(**feeds)
+            results.append([np.array(out[spec.name]) for spec in artifact.outputs])
+        return results
+
+
+# --- scheme → recipe ---------------------------------------------------------------------------
+
+
+def _check_scheme(scheme: QuantScheme, calibration: list[tuple]) -> None:
+    """Refuse, before any work, what ai-edge-quantizer 0.10 and the LiteRT kernels cannot build."""
+    p, act = scheme.precision, scheme.activations
+    if not scheme.is_quantized:
+        if act is not Activations.FLOAT:
+            raise UnsupportedError(f"tflite: {p.value} takes float activations, got {act.value} "
+                                   "(dynamic/static activations are int8 or int4 schemes)")
+        return
+    if not scheme.symmetric:
+        raise UnsupportedError("tflite: LiteRT's integer kernels take symmetric weights only (zero point 0); "
+                               "use symmetric=True")
+    if scheme.granularity is Granularity.PER_GROUP:
+        if p is Precision.INT8:
+            raise UnsupportedError("tflite: int8 weights per group are not in ai-edge-quantizer 0.10's policy; "
+                                   "use per_channel (int8) or int4 per group")
+        if act is not Activations.DYNAMIC:
+            raise UnsupportedError(f"tflite: int4 per-group weights need dynamic int8 activations in "
+                                   f"ai-edge-quantizer 0.10 (got {act.value}); use dynamic, or per_channel")
+        if scheme.group_size not in _BLOCK_SIZES:
+            raise UnsupportedError(f"tflite: group_size {scheme.group_size} is not one of ai-edge-quantizer's "
+                                   f"block sizes {', '.join(map(str, _BLOCK_SIZES))}")
+    if p is Precision.INT4 and act is Activations.STATIC:
+        raise UnsupportedError("tflite: static int4 is not built; use int4 with dynamic activations")
+    if act is Activations.STATIC and not calibration:
+        raise UnsupportedError("tflite: static int8 needs calibration samples, none were given")
+
+
+def _granularity(scheme: QuantScheme):
+    from ai_edge_quantizer import qtyping
+
+    g = qtyping.QuantGranularity
+    if scheme.granularity is Granularity.PER_GROUP:
+        return getattr(g, f"BLOCKWISE_{scheme.group_size}")
+    return g.TENSORWISE if scheme.granularity is Granularity.PER_TENSOR else g.CHANNELWISE
+
+
+def _supported_ops(scheme: QuantScheme) -> dict[str, str]:
+    """op → how ai-edge-quantizer 0.10 quantizes it for ``scheme`` (its default policy's op lists).
+
+    Values: ``linear`` (the scheme's bits, granularity and activations) or ``table`` (int8 per row, for
+    embedding lookups: int4 rows cost too much accuracy for their share of the bytes).
+    """
+    p, act = scheme.precision, scheme.activations
+    if p is Precision.FP16:
+        return dict.fromkeys(("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "EMBEDDING_LOOKUP"), "linear")
+    if p is Precision.INT8:
+        ops = dict.fromkeys(_LINEAR_OPS, "linear")
+    elif act is Activations.FLOAT:
+        ops = dict.fromkeys(("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D"), "linear")
+    elif scheme.granularity is Granularity.PER_GROUP:
+        ops = {"FULLY_CONNECTED": "linear"}
+    else:
+        ops = dict.fromkeys(("FULLY_CONNECTED", "CONV_2D"), "linear")
+    if scheme.quantize_embeddings:
+        ops["EMBEDDING_LOOKUP"] = "table"
+    return ops
+
+
+def _check_supported(scheme: QuantScheme, weights: WeightMap) -> None:
+    """UnsupportedError, before quantizing, for weights the scheme cannot reach in this model."""
+    if scheme.precision is Precision.FP32:
+        return
+    supported, keep = _supported_ops(scheme), set(scheme.keep_float)
+    embeddings_float = scheme.is_quantized and not scheme.quantize_embeddings
+    missed = sorted(f"{w.module} ({w.op})" for w in weights.ops if w.module not in keep and w.op not in supported
+                    and not (w.kind == "embedding" and embeddings_float))
+    if missed:
+        raise UnsupportedError(f"tflite: {scheme.describe()} covers {', '.join(supported)} only in "
+                               f"ai-edge-quantizer 0.10; these would stay float: {', '.join(missed[:6])} "
+                               "(keep them float on purpose with keep_float, or choose another precision)")
+    if scheme.granularity is Granularity.PER_GROUP and scheme.precision is Precision.INT4:
+        ragged = sorted(f"{w.module} (in {w.shape[-1]})" for w in weights.ops
+                        if w.module not in keep and w.op == "FULLY_CONNECTED" and w.shape[-1] % scheme.group_size)
+        if ragged:
+            raise UnsupportedError(f"tflite: int4 groups of {scheme.group_size} need each linear's input size to be "
+                                   f"a multiple of {scheme.group_size}: {', '.join(ragged[:6])} (use per_channel "
+                                   "int4, a smaller group, or keep_float for them)")
+
+
+def _add_configs(quantizer, scheme: QuantScheme, ops: set[str]) -> None:
+    """The scheme as ai-edge-quantizer configs (regex ``.*``) on the op kinds present in the model."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    names = qtyping.TFLOperationName
+    for op, role in _supported_ops(scheme).items():
+        if op not in ops:
+            continue
+        if scheme.precision is Precision.FP16:
+            quantizer.add_weight_only_config(".*", names[op], 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+        elif role == "table" and scheme.activations is Activations.FLOAT:
+            quantizer.add_weight_only_config(".*", names[op], 8)
+        elif role == "table":
+            quantizer.add_dynamic_config(".*", names[op], 8)
+        elif scheme.activations is Activations.DYNAMIC:
+            quantizer.add_dynamic_config(".*", names[op], scheme.precision.weight_bits, _granularity(scheme))
+        elif scheme.activations is Activations.STATIC:
+            # Static on the weighted ops only: the same recipe on every op (full integer) measured cosine 0.68.
+            quantizer.add_static_config(".*", names[op], 8, scheme.precision.weight_bits, _granularity(scheme))
+        else:
+            quantizer.add_weight_only_config(".*", names[op], scheme.precision.weight_bits, _granularity(scheme))
+
+
+def _quantize(src: Path, dst: Path, scheme: QuantScheme, weights: WeightMap, calibration: list[dict]) -> None:
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    unknown = sorted(set(scheme.keep_float) - weights.modules() - set(weights.absent) - set(weights.folded))
+    if unknown:
+        raise UnsupportedError(f"tflite: keep_float names modules this model does not have: {', '.join(unknown)} "
+                               f"(weighted modules: {', '.join(sorted(weights.modules())[:6])}, ...)")
+    _check_supported(scheme, weights)
+    dst.unlink(missing_ok=True)
+    try:
+        q = quantizer.Quantizer(str(src))
+        _add_configs(q, scheme, {w.op for w in weights.ops})
+        keep = set(scheme.keep_float)
+        for w in weights.ops:
+            if w.module in keep:  # added last: later configs win in ai-edge-quantizer
+                q.update_quantization_recipe(f"^{re.escape(w.scope)}$", qtyping.TFLOperationName[w.op],
+                                             algorithm_key=AlgorithmName.NO_QUANTIZE)
+        # Its tqdm bars (one cannot be switched off through the API) would land in the CLI's output.
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = None
+            if q.need_calibration:
+                result = q.calibrate({SIGNATURE: calibration}, num_threads=os.cpu_count() or 1)
+            quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False)
+        quantized.export_model(str(dst), overwrite=True)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ExportError(f"tflite: ai-edge-quantizer failed for {scheme.describe()}: {_first_line(e)}") from e
+
+
+def _calibration_feeds(path: Path, names: tuple[str, ...], calibration: list[tuple]) -> list[dict]:
+    """Calibration samples as signature feeds, cast to the model's input types (int64 ids → int32)."""
+    import numpy as np
+
+    specs = _signature_details(path)[0]
+    return [{n: np.asarray(x).astype(specs[n]["dtype"]) for n, x in zip(names, sample)} for sample in calibration]
+
+
+# --- conversion --------------------------------------------------------------------------------
+
+
+# The last conversion, by content: the pipeline rebuilds the same model with other keep_float sets, and a
+# litert-torch conversion takes 20-40 s where hashing the weights takes well under one.
+_LAST_CONVERSION: dict[str, bytes] = {}
+_CACHE_MAX_BYTES = 512 * 1024 * 1024
+
+
+def _convert_named(loaded: LoadedModel, example: tuple, path: Path) -> None:
+    """The fp32 .tflite of ``loaded`` at the example's shapes, with named signature I/O, written to ``path``."""
+    key = _conversion_key(loaded, example)
+    if key in _LAST_CONVERSION:
+        path.write_bytes(_LAST_CONVERSION[key])
+        return
+    _convert(loaded, example, path)
+    _name_signature(path, loaded.input_names, loaded.output_names)
+    _LAST_CONVERSION.clear()
+    if path.stat().st_size <= _CACHE_MAX_BYTES:
+        _LAST_CONVERSION[key] = path.read_bytes()
+
+
+def _conversion_key(loaded: LoadedModel, example: tuple) -> str:
+    """A hash of everything the conversion depends on: module class, weights, buffers, I/O names, example."""
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256(type(loaded.module).__qualname__.encode())
+    h.update(repr((loaded.input_names, loaded.output_names)).encode())
+    tensors = sorted(loaded.module.state_dict().items()) + [(f"example.{i}", t) for i, t in enumerate(example)]
+    for name, t in tensors:
+        t = t.detach().cpu()
+        arr = np.ascontiguousarray((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy())
+        h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _convert(loaded: LoadedModel, example: tuple, path: Path) -> None:
+    import litert_torch
+    import torch
+
+    try:
+        with torch.no_grad(), _quiet_progress():
+            edge_model = litert_torch.convert(loaded.module, tuple(example))
+            edge_model.export(str(path))
+    except Exception as e:  # any converter failure becomes an ExportError naming the format
+        op = re.search(r"aten\.[\w.]+", str(e))
+        where = f" (op {op.group(0)})" if op else ""
+        raise ExportError(f"tflite: litert-torch conversion failed{where}: {_first_line(e)}") from e
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """litert-torch prints a progress tree on stdout unless this variable says no; restore it afterwards."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    before = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _name_signature(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
+    """Rename the signature's ``args_N`` / ``output_N`` to the model's input and output names.
+
+    litert-torch numbers them by position (checked against the eager module in the tests); named I/O
+    lets the host, the device runner and an app bind tensors by name instead of by order.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    sig = next((s for s in model.signatureDefs if s.signatureKey.decode() == SIGNATURE), None)
+    if sig is None:
+        raise ExportError(f"tflite: the converted model has no '{SIGNATURE}' signature")
+    for entries, names, prefix in ((sig.inputs, input_names, "args_"), (sig.outputs, output_names, "output_")):
+        positions = {e.name.decode(): e for e in entries}
+        if sorted(positions) != sorted(f"{prefix}{i}" for i in range(len(names))):
+            raise ExportError(f"tflite: signature {sorted(positions)} does not match {list(names)}")
+        for i, name in enumerate(names):
+            positions[f"{prefix}{i}"].name = name.encode()
+    fbu.write_model(model, str(path))
+
+
+# --- weights: module ↔ op mapping --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightOp:
+    """One weighted op of the fp32 model and the module its weight came from."""
+
+    module: str
+    kind: str  # "linear" | "embedding"
+    op: str  # TFLite op name
+    scope: str  # ai-edge-quantizer's op scope: output tensor names joined by ';', plus ';'
+    shape: tuple[int, ...]  # of the weight, as stored
+
+
+@dataclass
+class WeightMap:
+    ops: list[WeightOp] = field(default_factory=list)
+    folded: dict[str, tuple[int, ...]] = field(default_factory=dict)  # embedding → shape of the constant of its rows
+    absent: list[str] = field(default_factory=list)  # modules with no weight in the graph (dead code)
+    unmapped: list[WeightOp] = field(default_factory=list)  # constant weights that match no module (module = a label)
+
+    def modules(self) -> set[str]:
+        return {w.module for w in self.ops}
+
+
+def match_weights(path: Path, module) -> WeightMap:
+    """Map every weighted op of the fp32 .tflite at ``path`` to the module of ``module`` it came from."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    graph = model.subgraphs[0]
+    layouts = _module_layouts(module)
+    by_hash: dict[tuple, list[str]] = {}
+    for name, (_, variants) in layouts.items():
+        for arr in variants:
+            by_hash.setdefault(_fingerprint(arr), []).append(name)
+    result, matched = WeightMap(), set()
+    for op_name, op, data in _weighted_ops(model, graph, fbu):
+        scope = "".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)
+        candidates = by_hash.get(_fingerprint(data)) or _scaled_matches(data, layouts)
+        name = _prefer_kind(candidates, layouts, op_name)
+        if name is None:
+            label = f"{op_name} on {graph.tensors[op.inputs[_WEIGHT_OPERAND[op_name]]].name.decode()[-80:]}"
+            result.unmapped.append(WeightOp(label, "unmapped", op_name, scope, tuple(data.shape)))
+            continue
+        matched.add(name)
+        result.ops.append(WeightOp(name, layouts[name][0], op_name, scope, tuple(data.shape)))
+    for name, (kind, variants) in layouts.items():
+        if name in matched:
+            continue
+        folded = _folded_rows(variants[0], model, graph) if kind == "embedding" else None
+        if folded:
+            result.folded[name] = folded
+        else:
+            result.absent.append(name)
+    return result
+
+
+def _module_layouts(module) -> dict[str, tuple[str, list]]:
+    """module name → (kind, its weight in every TFLite layout it may take), for linears, convs and embeddings."""
+    import numpy as np
+    import torch
+
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Embedding):
+            out[name] = ("embedding", [m.weight.detach().numpy()])
+        elif isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
+            w = m.weight.detach().numpy()
+            w = w.T if type(m).__name__ == "Conv1D" else w  # transformers' Conv1D stores [in, out]
+            out[name] = ("linear", [w, w.T])  # FULLY_CONNECTED [out, in]; BATCH_MATMUL rhs [in, out]
+        elif isinstance(m, torch.nn.Conv2d):
+            w = m.weight.detach().numpy()
+            out[name] = ("linear", [np.transpose(w, (0, 2, 3, 1)), np.transpose(w, (1, 2, 3, 0))])  # OHWI; depthwise 1HWO
+    return {k: (kind, [np.ascontiguousarray(v, dtype=np.float32) for v in vs]) for k, (kind, vs) in out.items()}
+
+
+def _weighted_ops(model, graph, fbu) -> Iterator[tuple[str, object, np.ndarray]]:
+    """(op name, op, fp32 weight) for each weighted op whose weight is a constant."""
+    import numpy as np
+
+    for op in graph.operators:
+        op_name = fbu.opcode_to_name(model, op.opcodeIndex)
+        index = _WEIGHT_OPERAND.get(op_name)
+        if index is None or index >= len(op.inputs) or op.inputs[index] < 0:
+            continue
+        tensor = graph.tensors[op.inputs[index]]
+        data = model.buffers[tensor.buffer].data
+        if data is None or len(data) == 0 or tensor.type != 0:  # 0 = FLOAT32
+            continue
+        yield op_name, op, np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+
+
+def _fingerprint(arr) -> tuple:
+    return tuple(arr.shape), hashlib.sha1(arr.tobytes()).hexdigest()
+
+
+def _scaled_matches(data, layouts) -> list[str]:
+    """Modules whose weight equals ``data`` up to a per-row or per-column scale (folded norms)."""
+
+    a = data.reshape(data.shape[0], -1)
+    hits = []
+    for name, (_, variants) in layouts.items():
+        for v in variants:
+            if v.shape == data.shape and any(_same_direction(a, v.reshape(a.shape), axis) for axis in (0, 1)):
+                hits.append(name)
+                break
+    return hits
+
+
+def _same_direction(a, b, axis: int) -> bool:
+    import numpy as np
+
+    na, nb = np.linalg.norm(a, axis=axis), np.linalg.norm(b, axis=axis)
+    live = (na > 0) & (nb > 0)
+    if not np.array_equal(na > 0, nb > 0) or not live.any():
+        return False
+    cos = np.abs(np.sum(a * b, axis=axis))[live] / (na[live] * nb[live])
+    return bool(np.all(cos > 0.9999))
+
+
+def _prefer_kind(candidates: list[str], layouts, op_name: str) -> str | None:
+    """Tied weights match several modules: the embedding for a lookup op, the linear for the others."""
+    if not candidates:
+        return None
+    want = "embedding" if op_name in _EMBEDDING_OPS else "linear"
+    same = [c for c in candidates if layouts[c][0] == want]
+    return (same or candidates)[0]
+
+
+def _folded_rows(table, model, graph) -> tuple[int, ...] | None:
+    """The shape of a float constant holding consecutive rows of ``table`` (lookups at fixed indices)."""
+    import numpy as np
+
+    dim = table.shape[1]
+    for tensor in graph.tensors:
+        data = model.buffers[tensor.buffer].data
+        if tensor.type != 0 or data is None or len(data) == 0 or not tensor.shape or tensor.shape[-1] != dim:
+            continue
+        rows = np.frombuffer(bytes(data), np.float32).reshape(-1, dim)
+        starts = np.flatnonzero(np.all(table == rows[0], axis=1))
+        if any(np.array_equal(table[s:s + len(rows)], rows) for s in starts):
+            return tuple(tensor.shape)
+    return None
+
+
+# --- what the artifact really stores -----------------------------------------------------------
+
+
+def stored_weight_types(path: Path, ops: list[WeightOp]) -> dict[str, str]:
+    """module → the TFLite type its weight is stored as in ``path`` (INT8, INT4, FLOAT16, FLOAT32).
+
+    A weight-only op reads its weight through a DEQUANTIZE; the type is that of the DEQUANTIZE's input.
+    Raises ExportError when a mapped op is missing from the model (the quantizer renamed its outputs).
+    """
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    graph = model.subgraphs[0]
+    producer, by_scope = {}, {}
+    for op in graph.operators:
+        name = fbu.opcode_to_name(model, op.opcodeIndex)
+        for t in op.outputs:
+            producer[t] = (name, op)
+        by_scope["".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)] = (name, op)
+    stored: dict[str, str] = {}
+    for w in ops:
+        if w.scope not in by_scope:
+            raise ExportError(f"tflite: op {w.op} of {w.module} is not in the quantized model (scope {w.scope[:80]})")
+        _, op = by_scope[w.scope]
+        t = op.inputs[_WEIGHT_OPERAND[w.op]]
+        while t in producer and producer[t][0] == "DEQUANTIZE":
+            t = producer[t][1].inputs[0]
+        kind = fbu.type_to_name(graph.tensors[t].type)
+        # A module used by several ops is as float as its least quantized use.
+        stored[w.module] = kind if w.module not in stored else max(stored[w.module], kind, key=_type_rank)
+    return stored
+
+
+def _type_rank(kind: str) -> int:
+    return {"INT4": 0, "INT8": 1, "FLOAT16": 2}.get(kind, 3)
+
+
+def _coverage(scheme: QuantScheme, weights: WeightMap, stored: dict[str, str],
+              unmapped: dict[str, str]) -> Coverage | None:
+    """Quantized vs float per module; raises ExportError when a weight stayed float that was not asked to.
+
+    ``unmapped`` (constant weights that match no module, by label) must not stay float either.
+    """
+    if scheme.precision is Precision.FP32:
+        return None
+    keep = set(scheme.keep_float)
+    kinds = {w.module: w.kind for w in weights.ops}
+    wanted = ("FLOAT16",) if scheme.precision is Precision.FP16 else _QUANTIZED_TYPES
+    quantized, kept, wrong = [], {}, {}
+    for module, kind in sorted(stored.items()):
+        if module in keep:
+            if kind != "FLOAT32":
+                wrong[module] = f"asked to stay float, stored {kind}"
+            kept[module] = "kept float: sensitive layer"
+        elif kind in wanted:
+            quantized.append(module)
+        elif kinds[module] == "embedding" and not scheme.quantize_embeddings and scheme.is_quantized:
+            kept[module] = "kept float: embeddings not quantized by this scheme"
+        else:
+            kept[module] = f"not quantized by ai-edge-quantizer (stored {kind})"
+    for module, shape in sorted(weights.folded.items()):
+        kept[module] = (f"kept float: folded by the converter into a {list(shape)} constant of the rows it reads "
+                        "(fixed indices); no table lookup remains")
+    coverage = Coverage(tuple(quantized), kept)
+    wrong.update(coverage.unexpected())
+    wrong.update({label: f"stored {kind}" for label, kind in unmapped.items() if kind == "FLOAT32"})
+    if wrong:
+        names = "; ".join(f"{k}: {v}" for k, v in sorted(wrong.items()))
+        raise ExportError(f"tflite: {scheme.precision.value} artifact does not store weights as planned: {names}")
+    if scheme.precision is Precision.FP16:
+        return None  # the gate above is the point; "N of M quantized" would misdescribe fp16
+    return coverage
+
+
+# --- delegation and I/O --------------------------------------------------------------------------
+
+
+def delegation(path: Path) -> dict:
+    """How much of the graph the default XNNPACK delegate takes, and which ops it leaves to the TFLite kernels.
+
+    The interpreter lists the original nodes plus one DELEGATE node per partition. The nodes a
+    partition replaced are found by walking back from its outputs to its inputs.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # private, but the only view of the nodes a delegate replaced
+    producer = {int(t): o["index"] for o in ops if o["op_name"] != "DELEGATE" for t in o["outputs"]}
+    partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
+    taken: set[int] = set()
+    for part in partitions:
+        boundary = {int(t) for t in part["inputs"]}
+        stack = [int(t) for t in part["outputs"]]
+        while stack:
+            t = stack.pop()
+            node = producer.get(t)
+            if t in boundary or node is None or node in taken:
+                continue
+            taken.add(node)
+            stack.extend(int(x) for x in ops[node]["inputs"] if x >= 0)
+    original = [o for o in ops if o["op_name"] != "DELEGATE"]
+    rest = Counter(o["op_name"] for o in original if o["index"] not in taken)
+    return {"delegate": "XNNPACK", "delegated_ops": len(taken), "total_ops": len(original),
+            "share": round(len(taken) / max(1, len(original)), 4), "partitions": len(partitions),
+            "non_delegated": dict(rest.most_common())}
+
+
+def _signature_details(path: Path) -> tuple[dict, dict]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner(SIGNATURE)
+    return runner.get_input_details(), runner.get_output_details()
+
+
+def _io_specs(path: Path, input_names, output_names) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    import numpy as np
+
+    ins, outs = _signature_details(path)
+
+    def specs(details: dict, names) -> tuple[TensorSpec, ...]:
+        missing = [n for n in names if n not in details]
+        if missing:
+            raise ExportError(f"tflite: the model's signature lacks {missing} (it has {sorted(details)})")
+        return tuple(TensorSpec(n, np.dtype(details[n]["dtype"]).name, tuple(int(d) for d in details[n]["shape"]))
+                     for n in names)
+
+    return specs(ins, input_names), specs(outs, output_names)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+register(TflitePackager())
