@@ -1,9 +1,9 @@
 """Candidate search: enumerate runtime × precision, estimate, reject with reasons, order the rest.
 
-This first planner orders feasible candidates by the profile's runtime preference, then by estimated
-artifact size (smallest first): the smallest artifact that meets the fidelity tolerance wins, since on
-a device a smaller model is also the faster and cheaper one. The build-and-verify loop that walks this
-order lives in ``edgeopt.pipeline``; rows it tries get their measured fidelity recorded here.
+Feasible candidates are ordered fast tier first (estimated within ``SAME_SPEED`` of the fastest), then
+by accuracy risk (fp32 < fp16 < int8 < int4), then by the profile's runtime preference. The
+build-and-verify loop that walks this order lives in ``edgeopt.pipeline``; rows it tries get their
+measured fidelity recorded here.
 """
 
 from __future__ import annotations
@@ -128,10 +128,33 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
             est = estimate(stats, profile, runtime, precision)
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
-    runtime_rank = {r: i for i, r in enumerate(runtimes or profile.runtimes)}
-    rows.sort(key=lambda r: (r.status is not Status.FEASIBLE, runtime_rank.get(r.candidate.runtime, 99),
-                             r.estimate["artifact_bytes"] if r.estimate else 0))
+    _order(rows, runtimes or list(profile.runtimes))
     return Plan(stats.model_name, profile.name, rows)
+
+
+# Candidates estimated within this factor of the fastest feasible one count as equally fast: the cost
+# model cannot tell such differences apart, while precision and runtime preference are real choices.
+SAME_SPEED = 1.25
+_RISK = {Precision.FP32: 0, Precision.FP16: 1, Precision.INT8: 2, Precision.INT4: 3}
+
+
+def _order(rows: list[CandidateRow], runtime_order: list[Runtime]) -> None:
+    """Feasible first; among them the fast tier first, then least accuracy risk, then runtime preference.
+
+    So a profile that fits int8 and int4 gets int8 (int4 buys size, not speed, on CPUs that compute it
+    in int8), and fp32 is built only when no faster candidate keeps the fidelity tolerance.
+    """
+    feasible = [r.estimate["latency_ms"] for r in rows if r.status is Status.FEASIBLE and r.estimate]
+    fastest = min(feasible) if feasible else 0.0
+    rank = {r: i for i, r in enumerate(runtime_order)}
+
+    def key(row: CandidateRow):
+        latency = row.estimate["latency_ms"] if row.estimate else float("inf")
+        tier = 0 if latency <= fastest * SAME_SPEED else 1
+        return (row.status is not Status.FEASIBLE, tier, _RISK[row.candidate.precision],
+                rank.get(row.candidate.runtime, len(rank)), latency)
+
+    rows.sort(key=key)
 
 
 def _latency_reasons(est, profile) -> list[str]:
