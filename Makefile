@@ -21,6 +21,7 @@ package: $(STAMP)
 
 ## The whole test suite.
 test: $(STAMP)
+	sh scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -78,24 +78,58 @@ def package(model: str | None = None, *, profile="arm-mobile", out: str | Path =
 
 
 def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_seconds: float = 5.0, warmup: int = 10,
-          repeats: int = 3, threads: int | None = None, runtime: str | None = None):
-    """Run a bundle's runner on ``device`` and return the validated ``BenchResult``."""
-    from edgeopt.bench import run_local
+          repeats: int = 3, threads: int | None = None, runtime: str | None = None, cores=None,
+          native: str | None = None, python: str | None = None, identity_file: str | None = None,
+          timeout_s: float | None = None, cooldown_s: float = 1.0, save: bool = True):
+    """Benchmark a bundle on a device, compare it with the plan, and store it under the bundle's ``results/``.
+
+    Args:
+        device: ``local``, ``ssh://user@host[:port]`` or ``adb[:serial]``.
+        runs, min_seconds, warmup, repeats, threads, cooldown_s: the runner's flags; threads default to the
+            profile's, capped to the device's CPUs (decided on the device).
+        runtime: which artifact of a multi-artifact bundle (a runtime or format name).
+        cores: CPU ids to pin to on the device ("4,5,6,7" or a list), e.g. a phone's big cores.
+        native: path ON THE DEVICE of the runtime's benchmark binary (onnxruntime_perf_test, benchmark_model,
+            executor_runner), for devices without Python.
+        python: the interpreter on the device (default: python3 there; locally this interpreter).
+        identity_file: SSH private key (default ``EDGEOPT_SSH_IDENTITY``, else ssh's own).
+        timeout_s: limit for the whole run (default 600 s locally, 1800 s on a device).
+        save: store the record under ``<bundle>/results/<timestamp>-<device>.json``.
+
+    Returns:
+        The validated ``BenchResult``; ``.record`` is the stored form (device, bundle, result and the
+        ``comparison`` with the estimates and target), ``.saved_to`` its path (None without ``save``).
+
+    Raises:
+        UsageError: a bad device address or flag. InputFileError: the bundle fails its checks.
+        DeviceError: the transport failed or the device's output is not a valid result (never a number).
+        UnsupportedError: the runtime is missing on the device. BundleError: the result cannot be stored.
+    """
+    from dataclasses import replace
+
+    from edgeopt.bench import (
+        BenchOptions,
+        DeviceKind,
+        compare,
+        make_record,
+        parse_device,
+        run_on,
+        save_record,
+    )
+    from edgeopt.bench.job import parse_cores
+    from edgeopt.bench.ssh import SshOptions
     from edgeopt.bundle import Bundle
-    from edgeopt.errors import UsageError
 
     b = Bundle.open(bundle)
-    if device != "local":
-        raise UsageError(f"unknown device {device!r}; available now: local")
-    if threads is None:
-        # The profile's thread count, but never more than this machine has: oversubscribed threads
-        # measure contention, not the model.
-        import os
-
-        wanted = b.manifest.get("profile", {}).get("compute", {}).get("threads") or 1
-        threads = max(1, min(int(wanted), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-    return run_local(b.path, runs=runs, min_seconds=min_seconds, warmup=warmup, repeats=repeats, threads=threads,
-                     runtime=Runtime.parse(runtime).value if runtime else None)
+    address = parse_device(device)
+    options = BenchOptions(runs=runs, min_seconds=min_seconds, warmup=warmup, repeats=repeats, threads=threads,
+                           cores=parse_cores(cores), cooldown_s=cooldown_s,
+                           runtime=Runtime.parse(runtime).value if runtime else None, native=native, python=python)
+    ssh = SshOptions.from_env(identity_file) if address.kind is DeviceKind.SSH else None
+    result = run_on(address, b.path, options, ssh=ssh, timeout_s=timeout_s)
+    record = make_record(result, address, b.manifest, compare(result, b.manifest))
+    saved = str(save_record(b.path, record, address)) if save else None
+    return replace(result, record=record, saved_to=saved)
 
 
 def _activations(value: str | None):

@@ -147,13 +147,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+RESULTS_DIR = "results"  # bench results stored after packaging; not part of what the manifest hashes
+
+
 def file_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` except the manifest, keyed by relative POSIX path."""
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts
-    }
+    """sha256 of every packaged file under ``root`` (not the manifest, not results/), by relative POSIX path."""
+    hashes = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and p.name != MANIFEST and "__pycache__" not in rel.parts and rel.parts[0] != RESULTS_DIR:
+            hashes[rel.as_posix()] = sha256_file(p)
+    return hashes
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -29,6 +29,17 @@ def _console(json_out: bool = False, *, uses_torch: bool = False):
     return Console(quiet=json_out)
 
 
+def _native_log():
+    """Converters' native logging goes to a temp log (kept, and named, only when the command fails)."""
+    from edgeopt.console import native_output_to_log
+
+    if os.environ.get("EDGEOPT_NATIVE_LOGS"):  # show everything, for debugging a converter
+        import contextlib
+
+        return contextlib.nullcontext()
+    return native_output_to_log()
+
+
 def _quiet_torch() -> None:
     """torch installs its own log handlers at import (exporter registration, pytree notices): quiet them after."""
     import logging
@@ -135,7 +146,7 @@ def inspect(model: str | None, profile_name: str, allow_pickle: bool, json_out: 
     from edgeopt import api
 
     con = _console(json_out, uses_torch=True)
-    with con.working("inspecting"):
+    with con.working("inspecting"), _native_log():
         report = api.inspect(model, profile=profile_name, allow_pickle=allow_pickle, progress=con.progress)
     if json_out:
         click.echo(json.dumps(report, indent=2))
@@ -166,7 +177,7 @@ def plan(profile_name: str, model: str | None, fmt: str | None, precision: str |
     from edgeopt import api
 
     con = _console(json_out, uses_torch=True)
-    with con.working("planning"):
+    with con.working("planning"), _native_log():
         p = api.make_plan(model, profile=profile_name, fmt=fmt, precision=precision, activations=activations,
                           allow_pickle=allow_pickle, progress=con.progress)
     if json_out:
@@ -213,7 +224,7 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
 
     con = _console(json_out, uses_torch=True)
     try:
-        with con.working("packaging"):
+        with con.working("packaging"), _native_log():
             result = api.package(model, profile=profile_name, out=out, fmt=fmt, precision=precision,
                                  activations=activations, all_formats=all_formats, force=force,
                                  allow_pickle=allow_pickle, progress=con.progress)
@@ -249,7 +260,8 @@ def _print_side_by_side(con, bundle_path, manifest: dict) -> None:
         if r["status"] in ("chosen", "bundled"):
             con.progress(f"bench: {r['runtime']} on this host")
             try:
-                res = api.bench(bundle_path, runs=30, min_seconds=1.0, warmup=3, repeats=1, runtime=r["runtime"])
+                res = api.bench(bundle_path, runs=30, min_seconds=1.0, warmup=3, repeats=1, runtime=r["runtime"],
+                                save=False)
                 latency = f"{res.latency_ms['p50']:.2f}"
             except EdgeoptError as e:
                 latency = f"failed: {str(e).splitlines()[0][:40]}"
@@ -267,28 +279,48 @@ def _print_side_by_side(con, bundle_path, manifest: dict) -> None:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--device", default="local", show_default=True, help="local (ssh:// and adb come with the device transports).")
-@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--min-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Default: the profile's threads.")
-@click.option("--json", "json_out", is_flag=True, help="Print the result JSON only.")
+@click.option("--device", default="local", show_default=True,
+              help="local, ssh://user@host[:port] (OpenSSH, key auth) or adb[:serial] (Android).")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs per repeat (at least).")
+@click.option("--min-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Timed seconds per repeat (at least).")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed runs before each repeat.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed blocks; their p90 must agree for a valid run.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Runtime threads. Default: the profile's, capped to the device's CPUs.")
+@click.option("--cores", default=None, metavar="LIST", help="Pin to these CPU ids on the device, e.g. 4,5,6,7.")
+@click.option("--runtime", default=None, help="Which artifact of a multi-artifact bundle (onnxruntime, executorch, litert).")
+@click.option("--native", default=None, metavar="PATH",
+              help="Path on the device of the runtime's own benchmark binary (onnxruntime_perf_test, "
+                   "benchmark_model, executor_runner), for devices without Python.")
+@click.option("--python", "python_path", default=None, metavar="PATH", help="Python on the device (default: python3).")
+@click.option("--identity", default=None, metavar="FILE", help="SSH private key (default: EDGEOPT_SSH_IDENTITY, else ssh's).")
+@click.option("--timeout", "timeout_s", default=None, type=click.FloatRange(min=1),
+              help="Limit for the whole run in seconds (default 600 locally, 1800 on a device).")
+@click.option("--no-save", is_flag=True, help="Do not store the result under the bundle's results/.")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print the record as JSON: device, bundle, result (the runner's schema), comparison, saved_to.")
 def bench(bundle: str, device: str, runs: int, min_seconds: float, warmup: int, repeats: int, threads: int | None,
-          json_out: bool) -> None:
-    """Run the bundle's runner on a device and print the result."""
+          cores: str | None, runtime: str | None, native: str | None, python_path: str | None, identity: str | None,
+          timeout_s: float | None, no_save: bool, json_out: bool) -> None:
+    """Measure a bundle on a device; compare with the plan's estimates and the profile's target; store it."""
     from edgeopt import api
 
     con = _console(json_out)
     with con.working(f"benchmarking on {device}"):
         result = api.bench(bundle, device=device, runs=runs, min_seconds=min_seconds, warmup=warmup, repeats=repeats,
-                           threads=threads)
+                           threads=threads, cores=cores, runtime=runtime, native=native, python=python_path,
+                           identity_file=identity, timeout_s=timeout_s, save=not no_save)
     if json_out:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps({**result.record, "saved_to": result.saved_to}, indent=2))
         return
-    from edgeopt.bench.result import format_table
+    from edgeopt.bench import format_comparison, format_table
 
     con.line(format_table(result))
+    con.line(format_comparison(result.comparison))
+    if result.saved_to:
+        con.line(f"stored: {result.saved_to}")
 
 
 # --- entry point -------------------------------------------------------------------------------

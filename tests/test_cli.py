@@ -144,7 +144,9 @@ def test_bench_json_parity_matches_the_host(packaged):
     proc = run("bench", str(packaged), "--device", "local", "--runs", "5", "--min-seconds", "0.05", "--repeats", "2",
                "--warmup", "1", "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    record = json.loads(proc.stdout)
+    result = record["result"]
+    assert record["comparison"]["latency_ms"]["estimated"] > 0
     assert result["artifact"]["verified"] is True
     assert result["runtime"]["name"] == "onnxruntime"
     lat = result["latency_ms"]

@@ -1,11 +1,18 @@
-"""Host side of benchmarking: run a bundle's device runner and parse its JSON result as untrusted input.
+"""Host side of benchmarking: run a bundle's device runner locally, over SSH or adb, and parse its JSON
+result as untrusted input; compare it with the plan and store it with the bundle.
 
 Imports only the standard library (``jsonschema`` is loaded when a result is validated).
 """
 
 from __future__ import annotations
 
+from edgeopt.bench.compare import compare, format_comparison
+from edgeopt.bench.device import DeviceAddress, DeviceKind, parse_device, run_on
+from edgeopt.bench.job import BenchOptions
 from edgeopt.bench.local import run_local
 from edgeopt.bench.result import BenchResult, format_table, load_schema, parse_result
+from edgeopt.bench.store import load_records, make_record, save_record
 
-__all__ = ["BenchResult", "format_table", "load_schema", "parse_result", "run_local"]
+__all__ = ["BenchOptions", "BenchResult", "DeviceAddress", "DeviceKind", "compare", "format_comparison",
+           "format_table", "load_records", "load_schema", "make_record", "parse_device", "parse_result", "run_local",
+           "run_on", "save_record"]

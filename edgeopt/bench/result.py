@@ -39,6 +39,14 @@ class BenchResult:
     latency_ms: dict[str, float] | None = field(hash=False)
     parity: dict[str, Any] | None = field(hash=False)
     raw: dict[str, Any] = field(hash=False, repr=False)
+    # Set by ``edgeopt.api.bench``: the stored form (device, bundle, result, comparison) and where it went.
+    record: dict[str, Any] | None = field(default=None, hash=False, repr=False, compare=False)
+    saved_to: str | None = field(default=None, compare=False)
+
+    @property
+    def comparison(self) -> dict[str, Any] | None:
+        """Measured vs the plan's estimates and the profile's target (see ``edgeopt.bench.compare``)."""
+        return self.record.get("comparison") if self.record else None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as the runner's JSON object (``parse_result(json.dumps(r.to_dict())) == r``)."""
@@ -117,7 +125,8 @@ def _decode(text: str | bytes, max_bytes: int) -> Any:
     try:
         data = json.loads(decoded, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
-        truncated = e.pos >= len(decoded) - 1
+        # A string cut off by a dropped transfer is reported where the string started, not at the end.
+        truncated = e.pos >= len(decoded) - 1 or e.msg.startswith("Unterminated string")
         what = "truncated JSON (it ends early)" if truncated else "not JSON"
         raise DeviceError(f"bench result is {what}: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:
