@@ -43,6 +43,8 @@ MIN_COSINE = {
 EXPECTED_REFUSALS = {
     # ai-edge-quantizer 0.10 has no int4 per-group recipe for convolutions: int4 would leave them float.
     ("conv-net", Runtime.LITERT, "int4"): "CONV_2D",
+    # onnxruntime's int4 is MatMulNBits, which has no Conv form.
+    ("conv-net", Runtime.ONNXRUNTIME, "int4"): "no Conv form",
 }
 # fp32 artifacts must match eager to float rounding (relative to the output's scale).
 FP32_MAX_REL_ERR = 1e-4
