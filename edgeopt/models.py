@@ -79,7 +79,7 @@ class LoadedModel:
         seed = 0 if split == "calibration" else 1
         if self.tokenizer is not None:
             return _text_samples(self, n, batch, seq_len, split)
-        if self.config is not None:  # a text model shipped without a tokenizer: random token ids
+        if self._example is None and self.config is not None:  # a text model without a tokenizer
             return _random_token_samples(self, n, batch, seq_len, seed)
         return _random_samples(self._example, n, seed=seed)
 
