@@ -186,17 +186,17 @@ def test_keep_float_layers_stay_float(packager, tiny_bert, tmp_path):
 
 
 def test_coverage_gate_refuses_float_weights(packager, tiny_bert, tiny_bert_builds):
-    from edgeopt.packagers import tflite
+    from edgeopt.packagers import tflite_weights
 
     path = tiny_bert_builds["fp32"][0].path
-    weights = tflite.match_weights(path, tiny_bert.module)
-    stored = tflite.stored_weight_types(path, weights.ops)  # the real fp32 artifact: every weight FLOAT32
+    weights = tflite_weights.match_weights(path, tiny_bert.module)
+    stored = tflite_weights.stored_weight_types(path, weights.ops)  # the real fp32 artifact: every weight FLOAT32
     with pytest.raises(ExportError, match=r"int8 artifact does not store weights as planned: .*attention\.self\.query"):
-        tflite._coverage(default_scheme(Precision.INT8), weights, stored, {})
+        tflite_weights.weight_coverage(default_scheme(Precision.INT8), weights, stored, {})
     int8 = tiny_bert_builds["int8-dynamic"][0].path
     keep = default_scheme(Precision.INT8).with_keep_float(("model.encoder.layer.0.output.dense",))
     with pytest.raises(ExportError, match=r"layer\.0\.output\.dense: asked to stay float, stored INT8"):
-        tflite._coverage(keep, weights, tflite.stored_weight_types(int8, weights.ops), {})
+        tflite_weights.weight_coverage(keep, weights, tflite_weights.stored_weight_types(int8, weights.ops), {})
 
 
 @pytest.mark.parametrize("scheme, match", [
