@@ -45,6 +45,8 @@ EXPECTED_REFUSALS = {
     ("conv-net", Runtime.LITERT, "int4"): "CONV_2D",
     # onnxruntime's int4 is MatMulNBits, which has no Conv form.
     ("conv-net", Runtime.ONNXRUNTIME, "int4"): "no Conv form",
+    # XNNPACK has no int4 convolution kernel.
+    ("conv-net", Runtime.EXECUTORCH, "int4"): "no int4 convolution",
 }
 # fp32 artifacts must match eager to float rounding (relative to the output's scale).
 FP32_MAX_REL_ERR = 1e-4
