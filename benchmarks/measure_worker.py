@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--primary-shape", default="1,384",
+                    help="shape of the output compared for fidelity (runtimes may order outputs differently)")
     args = ap.parse_args()
 
     import numpy as np
@@ -75,7 +77,8 @@ def main() -> None:
     else:
         run = _runtime_runner(args.kind, args.path, args.threads, names)
     load_ms = (time.perf_counter() - t0) * 1000
-    outs = [np.asarray(run(s)[0]) for s in samples]
+    shape = tuple(int(d) for d in args.primary_shape.split(","))
+    outs = [next(np.asarray(o) for o in run(s) if tuple(np.shape(o)) == shape) for s in samples]
     for _ in range(args.warmup):
         run(samples[0])
     times = []
