@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packager_cases import N_EVAL, SEQ, cosines
 
 from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.quantize import Activations, Granularity, QuantScheme, default_scheme
 
 REPO = Path(__file__).resolve().parents[2]
-SEQ = 32
-N_EVAL = 8
 
 # Mean cosine of the first output vs the fp32 eager model. Measured on this machine (8 eval samples at
 # seq 32; MiniLM 16 at seq 128) in the comments; thresholds leave room for kernel differences across CPUs.
@@ -135,14 +134,6 @@ def build(packager, tmp_path_factory):
         return cache[key]
 
     return _build
-
-
-def cosines(reference, outputs, index=0) -> list[float]:
-    out = []
-    for r, o in zip(reference, outputs):
-        a, b = np.asarray(r[index], np.float64).ravel(), np.asarray(o[index], np.float64).ravel()
-        out.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
-    return out
 
 
 def transformed_outputs(loaded, scheme, built: Built, seq=SEQ) -> list[list[np.ndarray]]:
