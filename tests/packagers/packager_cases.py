@@ -29,3 +29,18 @@ def build(packager, loaded, scheme, work: Path, n_eval: int = N_EVAL, seq: int =
     with torch.no_grad():
         reference = [[t.numpy() for t in loaded.module(*s)] for s in samples]
     return artifact, outputs, reference
+
+
+def packager_or_skip(runtime):
+    """The registered packager for ``runtime``; a missing optional converter skips, naming the install."""
+    import pytest
+
+    from edgeopt.errors import MissingDependencyError
+    from edgeopt.packagers import get_packager
+
+    packager = get_packager(runtime)
+    try:
+        packager.check_available()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    return packager

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packager_cases import N_EVAL, SEQ, cosines
+from packager_cases import N_EVAL, SEQ, cosines, packager_or_skip
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, UnsupportedError
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.quantize import Activations, Granularity, QuantScheme, default_scheme
 
@@ -86,14 +86,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def packager():
-    from edgeopt.packagers import get_packager
-
-    p = get_packager(Runtime.EXECUTORCH)
-    try:
-        p.check_available()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    return p
+    return packager_or_skip(Runtime.EXECUTORCH)
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packager_cases import SEQ, build, cosines
+from packager_cases import SEQ, build, cosines, packager_or_skip
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, UnsupportedError
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.quantize import Activations, Granularity, QuantScheme, default_scheme
 
@@ -58,14 +58,7 @@ def ort_session(path: Path):
 
 @pytest.fixture(scope="module")
 def packager():
-    from edgeopt.packagers import get_packager
-
-    p = get_packager(Runtime.ONNXRUNTIME)
-    try:
-        p.check_available()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    return p
+    return packager_or_skip(Runtime.ONNXRUNTIME)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packager_cases import SEQ, build, cosines
+from packager_cases import SEQ, build, cosines, packager_or_skip
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, UnsupportedError
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.quantize import Activations, Granularity, QuantScheme, default_scheme
 
@@ -47,14 +47,7 @@ MINILM_INT8_MAX_BYTES = 24_500_000  # 0.27 x fp32 (90.7 MB); measured 23.50 MB
 
 @pytest.fixture(scope="module")
 def packager():
-    from edgeopt.packagers import get_packager
-
-    p = get_packager(Runtime.LITERT)
-    try:
-        p.check_available()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    return p
+    return packager_or_skip(Runtime.LITERT)
 
 
 @pytest.fixture(scope="module")
