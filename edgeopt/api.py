@@ -77,6 +77,81 @@ def package(model: str | None = None, *, profile="arm-mobile", out: str | Path =
                     allow_pickle=allow_pickle, progress=progress)
 
 
+def calibrate_profile(results: list[str | Path], *, profile=None, out: str | Path | None = None,
+                      name: str | None = None) -> dict:
+    """Fit a profile's cost-model numbers to stored ``edgeopt bench`` results (see ``edgeopt.planner.calibrate``).
+
+    Args:
+        results: result JSON files (``<bundle>/results/*.json``) or bundle folders.
+        profile: the profile to start from; default: the one the results' bundles were planned for.
+        out: where to write the calibrated profile YAML (written atomically; nothing is written on error).
+        name: the new profile's name (default ``<base>-calibrated``).
+
+    Returns:
+        A dict: base, name, out, invalid (how many results the runner marked invalid), points (per result:
+        measured vs predicted latency and peak RSS before and after), summary (worst misses), profile
+        (the calibrated profile as a dict).
+
+    Raises:
+        InputFileError: a result file that is not a stored bench record. UsageError: no results, or results
+        that disagree (thread counts, base profiles). ProfileError: a bad ``profile``.
+    """
+    from edgeopt.errors import UsageError
+    from edgeopt.planner.calibrate import calibrate, load_points, merge_repeats, residuals
+    from edgeopt.profiles import Profile, dump_profile_yaml
+
+    points = merge_repeats(load_points(results))
+    if profile is not None:
+        base = load_profile(profile)
+    else:
+        names = {(p.profile or {}).get("name") for p in points}
+        if len(names) != 1 or None in names:
+            raise UsageError(f"profiles calibrate: the results come from bundles planned for different profiles "
+                             f"({', '.join(sorted(str(n) for n in names))}); pass --profile to say which to calibrate")
+        base = Profile.from_dict(points[0].profile, source=f"the manifest of {points[0].source}")
+    new_name = name or f"{base.name}-calibrated"
+    fitted = calibrate(points, base)
+    from dataclasses import replace
+
+    fitted = replace(fitted, name=new_name, description=f"{base.description} (calibrated: {fitted.calibration.source})")
+    before, after = residuals(points, base), residuals(points, fitted)
+    rows = [{**b, "before_ms": b["predicted_ms"], "after_ms": a["predicted_ms"],
+             "before_rss_mb": b["predicted_rss_mb"], "after_rss_mb": a["predicted_rss_mb"]}
+            for b, a in zip(before, after)]
+
+    def worst(rs, key):
+        vals = [abs(r[key] - 1) for r in rs if r[key] is not None]
+        return max(vals) if vals else 0.0
+
+    summary = {k: {"worst_latency": worst(rs, "latency_ratio"), "worst_rss": worst(rs, "rss_ratio")}
+               for k, rs in (("before", before), ("after", after))}
+    if out is not None:
+        header = (f"# edgeopt device profile written by `edgeopt profiles calibrate` from {base.name}\n"
+                  f"# calibration fitted from {fitted.calibration.source}\n"
+                  f"# worst miss on those results: latency {summary['after']['worst_latency']:.0%}, "
+                  f"peak RSS {summary['after']['worst_rss']:.0%} (before: {summary['before']['worst_latency']:.0%}, "
+                  f"{summary['before']['worst_rss']:.0%})")
+        _write_text_atomic(Path(out), dump_profile_yaml(fitted.to_dict(), header=header))
+    return {"base": base.name, "name": new_name, "out": str(out) if out else None,
+            "invalid": sum(not p.valid for p in points), "runs": sum(p.runs for p in points), "points": rows, "summary": summary,
+            "profile": fitted.to_dict()}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    from edgeopt.errors import BundleError
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent if str(path.parent) else ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot write the profile ({e.strerror or e}); pick a writable --out") from None
+
+
 def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_seconds: float = 5.0, warmup: int = 10,
           repeats: int = 3, threads: int | None = None, runtime: str | None = None, cores=None,
           native: str | None = None, python: str | None = None, identity_file: str | None = None,

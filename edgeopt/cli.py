@@ -117,6 +117,45 @@ def profiles_validate(file: str) -> None:
     click.echo(f"{file}: ok (profile {p.name!r})")
 
 
+@profiles.command("calibrate")
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--profile", "base", help="Profile to start from (default: the one the results' bundles were planned for).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Write the calibrated profile YAML here.")
+@click.option("--name", help="Name of the new profile (default: the base profile's name + '-calibrated').")
+@click.option("--json", "json_out", is_flag=True, help="Print the fit as JSON.")
+def profiles_calibrate(results: tuple[str, ...], base: str | None, out: str, name: str | None, json_out: bool) -> None:
+    """Fit a profile's compute numbers to `edgeopt bench` results from a real device.
+
+    RESULTS are the JSON files bench stored under <bundle>/results/ (or bundle folders). The new profile
+    keeps the base's limits and adds a `calibration` section: per runtime, the rate reached at each
+    precision, per-op overhead and memory terms. Plans made with it predict that device more closely.
+    """
+    from edgeopt import api
+
+    con = _console(json_out)
+    fit = api.calibrate_profile(list(results), profile=base, out=out, name=name)
+    if json_out:
+        click.echo(json.dumps(fit, indent=2))
+        return
+    rows = [[r["model"], r["runtime"], r["precision"], f"{r['latency_ms']:.2f}", f"{r['before_ms']:.2f}",
+             f"{r['after_ms']:.2f}", _opt(r["peak_rss_mb"], ".0f"), f"{r['before_rss_mb']:.0f}", f"{r['after_rss_mb']:.0f}"]
+            for r in fit["points"]]
+    con.table(f"{fit['base']} -> {fit['name']}: measured vs predicted before and after calibration",
+              ["model", "runtime", "precision", "p50 ms", "before", "after", "peak RSS MB", "before", "after"], rows)
+    s = fit["summary"]
+    con.line(f"worst latency miss {s['before']['worst_latency']:.0%} before, {s['after']['worst_latency']:.0%} after; "
+             f"worst peak-RSS miss {s['before']['worst_rss']:.0%} before, {s['after']['worst_rss']:.0%} after")
+    if fit["invalid"]:
+        con.line(f"{fit['invalid']} of the {len(fit['points'])} artifacts had a run the runner marked invalid (unstable "
+                 "timings); they were used, but more runs on a quiet device give a better fit (repeated runs of one "
+                 "artifact are merged into their median)")
+    con.line(f"wrote {out}; plan with it: edgeopt plan --profile {out}")
+
+
+def _opt(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 @profiles.command("detect")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here instead of stdout.")
 @click.option("--name", default="this-machine", show_default=True)
@@ -189,11 +228,13 @@ def plan(profile_name: str, model: str | None, fmt: str | None, precision: str |
 
 
 def _print_plan(con, plan_dict: dict, title: str) -> None:
-    from edgeopt.report import PLAN_HEADER, plan_rows
+    from edgeopt.report import PLAN_HEADER, plan_explanation, plan_rows
 
     rows = plan_rows(plan_dict)
     chosen = next((i for i, r in enumerate(plan_dict["rows"]) if r["status"] == "chosen"), None)
     con.table(title, PLAN_HEADER, rows, highlight_row=chosen)
+    for line in plan_explanation(plan_dict):
+        con.line(line)
 
 
 def _nofit(p):

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +95,46 @@ class Targets:
 
 
 @dataclass(frozen=True)
+class RuntimeCalibration:
+    """One runtime's cost-model numbers fitted to results measured on the device (``profiles calibrate``).
+
+    Rates are what the runtime reached at each precision with ``compute.threads`` threads (``None``: not
+    measured, the cost model derives it from ``compute``). RSS terms: the runner process with the runtime
+    loaded and no model (``base_rss_mb``), resident bytes per stored weight byte per precision, and the
+    activation arena as a multiple of eager PyTorch's live-tensor peak.
+    """
+
+    fp32_gflops: float | None = None
+    fp16_gflops: float | None = None
+    int8_gops: float | None = None
+    int4_gops: float | None = None
+    per_op_us: float | None = None
+    base_rss_mb: float | None = None
+    op_rss_kb: float | None = None
+    weight_rss_factor: dict | None = field(default=None, hash=False)  # precision name -> factor
+    activation_factor: float | None = None
+    results: int | None = None
+
+    def rate(self, precision: Precision) -> float | None:
+        """The measured rate (ops/s / 1e9) at ``precision``, or None."""
+        return {Precision.FP32: self.fp32_gflops, Precision.FP16: self.fp16_gflops,
+                Precision.INT8: self.int8_gops, Precision.INT4: self.int4_gops}[Precision(precision)]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-runtime numbers measured on the device; ``source`` says what they were fitted from."""
+
+    source: str = ""
+    onnxruntime: RuntimeCalibration | None = None
+    executorch: RuntimeCalibration | None = None
+    litert: RuntimeCalibration | None = None
+
+    def get(self, runtime: Runtime) -> RuntimeCalibration | None:
+        return getattr(self, Runtime(runtime).value)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A validated device profile. ``source`` is the file it came from or ``builtin:NAME``."""
 
@@ -108,11 +148,16 @@ class Profile:
     targets: Targets
     schema_version: int = SCHEMA_VERSION
     source: str = ""
+    calibration: Calibration | None = None
 
     def to_dict(self) -> dict:
-        """A JSON-able dict in the YAML's layout (enums as strings, ``source`` left out)."""
+        """A JSON-able dict in the YAML's layout (enums as strings, ``source`` left out, unset calibration
+        entries left out)."""
         raw = dataclasses.asdict(self)
         raw.pop("source")
+        cal = raw.pop("calibration")
+        if cal is not None:
+            raw["calibration"] = _drop_none(cal)
         return _plain({"schema_version": raw.pop("schema_version"), **raw})
 
     @classmethod
@@ -131,6 +176,12 @@ class Profile:
         checker.cross_check(values)
         checker.raise_if_any()
         return _build(values, source)
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
 
 
 def _plain(obj: Any) -> Any:
@@ -158,7 +209,15 @@ def _build(v: dict, source: str) -> Profile:
         ),
         schema_version=v.get("schema_version", SCHEMA_VERSION),
         source=source,
+        calibration=_build_calibration(v.get("calibration")),
     )
+
+
+def _build_calibration(v: dict | None) -> Calibration | None:
+    if v is None:
+        return None
+    runtimes = {r.value: RuntimeCalibration(**v[r.value]) for r in Runtime if v.get(r.value) is not None}
+    return Calibration(source=v.get("source", ""), **runtimes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,6 +326,19 @@ def _positive_number(unit: str | None = None) -> Callable[[Any], float]:
         return number
 
     return parse
+
+
+def _non_negative(value: Any) -> float:
+    number = _as_float(value, "a number >= 0")
+    if number < 0:
+        raise _Bad(f"must be a number >= 0, got {value:g} (write {-number:g} or 0)")
+    return number
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Bad(f"must be a whole number >= 0, got {_show(value)} (write e.g. 12)")
+    return value
 
 
 def _cosine(value: Any) -> float:
@@ -420,6 +492,22 @@ _SCHEMA = _Section({
         "batch": _Key(_positive_int(), required=False),
         "seq_len": _Key(_positive_int(), required=False),
         "context_len": _Key(_positive_int(), required=False, nullable=True),
+    }, required=False),
+    "calibration": _Section({
+        "source": _Key(_text, required=False),
+        **{r.value: _Section({
+            "fp32_gflops": _Key(_positive_number(), required=False, nullable=True),
+            "fp16_gflops": _Key(_positive_number(), required=False, nullable=True),
+            "int8_gops": _Key(_positive_number(), required=False, nullable=True),
+            "int4_gops": _Key(_positive_number(), required=False, nullable=True),
+            "per_op_us": _Key(_non_negative, required=False, nullable=True),
+            "base_rss_mb": _Key(_non_negative, required=False, nullable=True),
+            "op_rss_kb": _Key(_non_negative, required=False, nullable=True),
+            "weight_rss_factor": _Section({p.value: _Key(_positive_number(), required=False) for p in Precision},
+                                          required=False),
+            "activation_factor": _Key(_non_negative, required=False, nullable=True),
+            "results": _Key(_count, required=False, nullable=True),
+        }, required=False) for r in Runtime},
     }, required=False),
     "targets": _Section({
         "latency_ms": _Key(_positive_number(), required=False, nullable=True),

@@ -6,7 +6,8 @@ A stored record is the ``--json`` output of ``edgeopt bench``::
      "device": {"address": "ssh://pi@board", "kind": "ssh", "description": {...the result's device block...}},
      "bundle": {"model": "...", "profile": "...", "artifact": "model.onnx", "runtime": "onnxruntime"},
      "result": {...the runner's JSON, result_schema.json...},
-     "comparison": {...edgeopt.bench.compare...}}
+     "comparison": {...edgeopt.bench.compare...},
+     "cost_inputs": {"precision": "int8", "stats": {...ModelStats...}, "profile": {...}}}
 
 The report and profile calibration read them back with ``load_records`` (each ``result`` validated again:
 a stored file is input like any other).
@@ -41,7 +42,18 @@ def make_record(result: BenchResult, address: DeviceAddress, manifest: dict[str,
                    "artifact": result.artifact_file, "runtime": result.runtime},
         "result": result.to_dict(),
         "comparison": comparison,
+        "cost_inputs": _cost_inputs(result, manifest),
     }
+
+
+def _cost_inputs(result: BenchResult, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What `edgeopt profiles calibrate` needs to predict this run: the artifact's precision, the model's
+    statistics and the profile it was planned for (so a record calibrates without its bundle)."""
+    entry = next((a for a in manifest.get("artifacts") or [] if isinstance(a, dict)
+                  and a.get("file") == result.artifact_file), None)
+    if entry is None or not isinstance(manifest.get("stats"), dict):
+        return None
+    return {"precision": entry.get("precision"), "stats": manifest["stats"], "profile": manifest.get("profile")}
 
 
 def save_record(bundle_dir: Path, record: dict[str, Any], address: DeviceAddress) -> Path:
