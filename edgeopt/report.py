@@ -6,12 +6,16 @@ MB = 1024 * 1024
 
 
 def plan_rows(plan_dict: dict) -> list[list[str]]:
-    """The plan table as rows of strings: candidate, size, RAM, latency, status, fidelity, reason."""
+    """The plan table as rows of strings: try order, candidate, size, RAM, latency, status, fidelity, reason."""
     rows = []
+    order = 0
     for r in plan_dict["rows"]:
         c, est = r["candidate"], r.get("estimate") or {}
         fid = r.get("fidelity")
+        tried = r["status"] != "rejected" or fid is not None or r.get("attempts")
+        order += 1 if tried else 0
         rows.append([
+            str(order) if tried else "-",
             f"{c['runtime']}/{c['precision']}",
             f"{est['artifact_bytes'] / MB:.1f}" if est else "-",
             f"{est['peak_ram_bytes'] / MB:.0f}" if est else "-",
@@ -23,13 +27,51 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
     return rows
 
 
-PLAN_HEADER = ["candidate", "size MB", "RAM MB", "est ms", "status", "cosine", "reason"]
+PLAN_HEADER = ["#", "candidate", "size MB", "RAM MB", "est ms", "status", "cosine", "reason"]
+
+
+def plan_explanation(plan_dict: dict) -> list[str]:
+    """Lines under the plan table that say what was judged against what, and how to read the rows."""
+    ctx = plan_dict.get("context") or {}
+    if not ctx:
+        return []
+    target = f"latency target {ctx['latency_ms']:g} ms" if ctx.get("latency_ms") else "no latency target"
+    shape = f"batch {ctx['batch']}, seq {ctx['seq_len']}" + (
+        f", KV cache for {ctx['context_len']} tokens" if ctx.get("context_len") and ctx.get("family") == "decoder" else "")
+    source = (f"calibrated on the device ({ctx['calibrated']})" if ctx.get("calibrated") else
+              "the profile's nominal compute x each runtime's measured efficiency, not yet calibrated on this "
+              "device (edgeopt profiles calibrate fits them to bench results)")
+    lines = [
+        f"profile {plan_dict['profile']}: RAM <= {ctx['model_ram_mb']} MB, storage <= {ctx['model_storage_mb']} MB, "
+        f"precisions {', '.join(ctx['precisions'])}, runtimes {', '.join(ctx['runtimes'])}; {target}; "
+        f"fidelity: mean cosine >= {ctx['min_cosine']:g} vs fp32.",
+        f"estimates at {shape}, {ctx['threads']} threads: size = artifact file, RAM = peak resident memory of the "
+        f"runtime's runner with the model loaded, est ms = p50 latency. Source: {source}.",
+        "order (#): candidates that fit are built and verified top to bottom, least accuracy risk first "
+        "(fp32, fp16, int8, int4), then fastest estimate (within 10%: the profile's runtime order); the first "
+        "whose artifact keeps the fidelity target in its real runtime is chosen. Rejected rows give the reason.",
+    ]
+    first = next((r for r in plan_dict["rows"] if r["status"] in ("feasible", "chosen")), None)
+    chosen = next((r for r in plan_dict["rows"] if r["status"] == "chosen"), None)
+    if chosen:
+        c = chosen["candidate"]
+        lines.append(f"chosen: {c['runtime']}/{c['precision']}.")
+    elif first:
+        c = first["candidate"]
+        lines.append(f"next: `edgeopt package --profile {plan_dict['profile']}` builds {c['runtime']}/{c['precision']} "
+                     "first.")
+    else:
+        lines.append("nothing fits: loosen the limits named in the reasons, or pick a smaller model.")
+    return lines
 
 
 def plan_markdown(plan_dict: dict) -> str:
     lines = ["| " + " | ".join(PLAN_HEADER) + " |", "|" + "---|" * len(PLAN_HEADER)]
     for row in plan_rows(plan_dict):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    explanation = plan_explanation(plan_dict)
+    if explanation:
+        lines += [""] + explanation
     return "\n".join(lines)
 
 

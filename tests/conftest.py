@@ -38,6 +38,23 @@ def make_tiny_bert(path: Path, *, seed: int = 0, layers: int = 2, hidden: int = 
     return path
 
 
+def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
+    """A random-init 2-layer Llama (vocab 128, hidden 32, GQA 4/2 heads), saved as a HF directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -68,12 +69,14 @@ def test_estimate_terms_add_up():
     cost = RUNTIME_COSTS[Runtime.ONNXRUNTIME]
     e = estimate(s, p, Runtime.ONNXRUNTIME, FP32)
     weights = 4 * 7456
-    assert e.peak_ram_bytes == weights + 8192 * cost.activation_factor + 4096 + cost.overhead_bytes
+    resident = weights * cost.weight_rss_factor[FP32]
+    assert e.peak_ram_bytes == math.ceil(resident + 8192 * cost.activation_factor + 4096 + cost.base_rss_bytes)
     assert e.artifact_bytes == weights + cost.artifact_base_bytes + 100 * cost.artifact_bytes_per_op
-    assert e.breakdown["compute_ms"] == pytest.approx(1e9 / 100e9 * 1e3)  # 10 ms
+    rate = 100e9 * cost.efficiency[FP32]  # the profile's fp32 rate x what onnxruntime reaches of it
+    assert e.breakdown["compute_ms"] == pytest.approx(1e9 / rate * 1e3)
     assert e.breakdown["memory_ms"] == pytest.approx(weights / 10e9 * 1e3)
     op_ms = cost.per_call_overhead_ms + 100 * cost.per_op_overhead_ms
-    assert e.latency_ms == pytest.approx(10.0 + op_ms)  # compute bound: 10 ms >> 3 us of weight traffic
+    assert e.latency_ms == pytest.approx(1e12 / rate + op_ms)  # compute bound: ms >> 3 us of weight traffic
     assert Estimate.from_dict(json.loads(json.dumps(e.to_dict()))) == e
 
 
@@ -84,17 +87,20 @@ def test_estimate_is_monotone_in_precision():
     rams = [ests[x].peak_ram_bytes for x in (INT4, INT8, FP16, FP32)]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
     assert rams == sorted(rams) and len(set(rams)) == 4
-    # int8 runs at int8_gops (4x fp32 here); int4 falls back to int8 math; fp16 to fp32 math on this profile
-    assert ests[INT8].breakdown["compute_ms"] == pytest.approx(ests[FP32].breakdown["compute_ms"] / 4)
-    assert ests[INT4].breakdown["compute_ms"] == ests[INT8].breakdown["compute_ms"]
-    assert ests[FP16].breakdown["compute_ms"] == ests[FP32].breakdown["compute_ms"]
+    # int8 runs at int8_gops (4x fp32 here); int4 falls back to int8 math; fp16 to fp32 math on this profile;
+    # each times what executorch reaches of that nominal rate at that precision
+    eff = RUNTIME_COSTS[Runtime.EXECUTORCH].efficiency
+    fp32_ms = ests[FP32].breakdown["compute_ms"]
+    assert ests[INT8].breakdown["compute_ms"] == pytest.approx(fp32_ms / 4 * eff[FP32] / eff[INT8])
+    assert ests[INT4].breakdown["compute_ms"] == pytest.approx(fp32_ms / 4 * eff[FP32] / eff[INT4])
+    assert ests[FP16].breakdown["compute_ms"] == pytest.approx(fp32_ms * eff[FP32] / eff[FP16])
 
 
 def test_fp16_math_halves_compute_and_activations():
     s, factor = _stats(kv=4096), RUNTIME_COSTS[Runtime.LITERT].activation_factor
     plain = estimate(s, _profile(), Runtime.LITERT, FP16)
     fast = estimate(s, _profile(fp16_gflops=200.0), Runtime.LITERT, FP16)
-    assert fast.breakdown["compute_ms"] == pytest.approx(plain.breakdown["compute_ms"] / 2)
+    assert fast.breakdown["compute_ms"] == pytest.approx(plain.breakdown["compute_ms"] / 2)  # 200 vs 100 nominal
     assert (fast.breakdown["activation_bytes"], fast.breakdown["kv_cache_bytes"]) == (4096 * factor, 2048)
     assert (plain.breakdown["activation_bytes"], plain.breakdown["kv_cache_bytes"]) == (8192 * factor, 4096)
 
@@ -107,15 +113,19 @@ def test_fit_table_reasons_for_a_tiny_profile():
     roomy = _profile(ram_mb=512, storage_mb=200, name="roomy", runtimes=(Runtime.LITERT, Runtime.ONNXRUNTIME))
     rows = {(r["profile"], r["precision"]): r for r in fit_table(s, [tiny, roomy])}
     assert len(rows) == 8
-    fp32_ram = 4 * (1024 * 1024 + 1024) + 8192 + RUNTIME_COSTS[Runtime.ONNXRUNTIME].overhead_bytes
-    assert -(-fp32_ram // MB) == 47  # rounded up to whole MB in the message
-    assert rows["tiny", "fp32"]["reason"] == "exceeds model_ram_mb: 47 > 1; exceeds model_storage_mb: 5 > 1"
-    assert rows["tiny", "int8"]["reason"] == "exceeds model_ram_mb: 44 > 1; exceeds model_storage_mb: 2 > 1"
+    ort = RUNTIME_COSTS[Runtime.ONNXRUNTIME]
+    fp32_ram = 4 * (1024 * 1024 + 1024) * ort.weight_rss_factor[FP32] + 8192 * ort.activation_factor + ort.base_rss_bytes
+    int8_ram = (1024 * 1024 + 1024 * 4 + 1024 * 4) * ort.weight_rss_factor[INT8] + 8192 * ort.activation_factor + ort.base_rss_bytes
+    # rounded up to whole MB in the message
+    assert rows["tiny", "fp32"]["reason"] == f"exceeds model_ram_mb: {math.ceil(fp32_ram / MB)} > 1; exceeds model_storage_mb: 5 > 1"
+    assert rows["tiny", "int8"]["reason"] == f"exceeds model_ram_mb: {math.ceil(int8_ram / MB)} > 1; exceeds model_storage_mb: 2 > 1"
     assert rows["tiny", "int4"]["reason"].startswith("int4 not in precisions; exceeds model_ram_mb: ")
     assert rows["tiny", "fp16"]["fits"] is False
     roomy_fp32 = rows["roomy", "fp32"]
     assert roomy_fp32["fits"] is True and roomy_fp32["reason"] is None and roomy_fp32["runtime"] == "litert"
-    litert_ram = 4 * 1049600 + 8192 + RUNTIME_COSTS[Runtime.LITERT].overhead_bytes
+    lt = RUNTIME_COSTS[Runtime.LITERT]
+    litert_ram = (4 * 1049600 * lt.weight_rss_factor[FP32] + 10 * lt.op_rss_bytes + 8192 * lt.activation_factor
+                  + lt.base_rss_bytes)
     assert roomy_fp32["peak_ram_mb"] == pytest.approx(litert_ram / MB, abs=0.01)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,16 +53,6 @@ FP32_MAX_REL_ERR = 1e-4
 SEQ_LEN = 32
 
 
-def _tiny_llama(path: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, architectures=["LlamaForCausalLM"])
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    return path
-
-
 _CONV = textwrap.dedent("""
     import torch
 
@@ -85,7 +74,7 @@ _CONV = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def model_cases(tmp_path_factory, tiny_bert):
+def model_cases(tmp_path_factory, tiny_bert, tiny_llama_dir):
     from edgeopt.models import load_model
 
     root = tmp_path_factory.mktemp("matrix")
@@ -93,7 +82,7 @@ def model_cases(tmp_path_factory, tiny_bert):
     conv.write_text(_CONV)
     return {
         "tiny-bert": tiny_bert,
-        "tiny-llama": load_model(str(_tiny_llama(root / "tiny-llama"))),
+        "tiny-llama": load_model(str(tiny_llama_dir)),
         "conv-net": load_model(f"{conv}:make_model"),
     }
 

@@ -18,7 +18,7 @@ Storage rule (``weight_bytes``), the one every packager's size is estimated with
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable
 
 from edgeopt.errors import EdgeoptError, InputFileError, UsageError
@@ -56,52 +56,87 @@ class Estimate:
                    {str(k): float(v) for k, v in d["breakdown"].items()})
 
 
+_ONE = {p: 1.0 for p in Precision}
+
+
 @dataclass(frozen=True)
 class RuntimeCost:
     """Per-runtime constants of the cost model (see ``RUNTIME_COSTS`` for how each was measured)."""
 
-    overhead_bytes: int            # resident memory of the runtime itself with a model loaded
+    overhead_bytes: int            # resident memory of the native runtime library with a model loaded
     per_op_overhead_ms: float      # dispatch cost per op, multiplied by ModelStats.aten_ops
     activation_factor: float       # runtime activation arena / eager live-tensor peak
     per_call_overhead_ms: float = 0.0   # fixed cost of one inference call
     artifact_base_bytes: int = 0        # artifact size of a one-op model, weights aside
     artifact_bytes_per_op: int = 0      # graph bytes each further op adds to the artifact
+    # RSS of edgeopt's Python device runner with the runtime imported and no model: what `edgeopt bench`
+    # measures on top of the model, and so what the planner budgets.
+    base_rss_bytes: int = 0
+    import_rss_bytes: int = 0  # python + numpy + the runtime imported, no model: the floor of base_rss_bytes
+    # rate this runtime reaches / the profile's nominal rate, per precision (kernels differ by runtime)
+    efficiency: dict = field(default_factory=lambda: dict(_ONE), hash=False)
+    # resident bytes / stored weight bytes, per precision (fp16 unpacked to fp32 = 2, pre-packed copies > 1)
+    weight_rss_factor: dict = field(default_factory=lambda: dict(_ONE), hash=False)
+    # resident bytes each op adds (kernel objects, packed-weight headers, its block of the arena)
+    op_rss_bytes: int = 0
 
 
-# How measured (build host, Nov 2025; scripts were throwaway, method recorded here):
-# * overhead_bytes: VmRSS of a fresh `python -c` that imports the runtime, loads a one-op model
-#   (y = x + x, [1, 8]) and runs it once, minus VmRSS of a bare `python -c pass` (10.6 MiB);
-#   median of 3 processes. These Python-runner numbers include numpy (14.7 MiB) because the device
-#   runner imports it.
-# * per_op_overhead_ms / per_call_overhead_ms: mean call time of a chain of 201 tanh ops on a [1, 8]
-#   tensor minus that of 1 tanh op, divided by 200 (per op), and the 1-op time (per call); 1 thread,
-#   2000 timed calls after 50 warm-ups. ORT with graph optimisations off so the chain stays 201 ops;
-#   ExecuTorch through the XNNPACK delegate; LiteRT through ai_edge_litert's Interpreter (a chain of
-#   adds is constant-folded to one op by the TFLite converter, hence tanh). Host x86 numbers: a phone's
-#   little cores are slower, which is what calibration is for.
-# * artifact_*: file size of those 1-op and 201-op artifacts: base, and (201-op - 1-op) / 200.
-# * activation_factor: NOT measured yet: 1.0 assumes the runtime's arena holds what eager PyTorch holds
-#   live at its peak. Calibration against bench peak_rss_mb is expected to replace it.
+# How measured. Two sets of numbers, both from this x86-64 build host (AMD EPYC, 2 cores, AVX2, no VNNI):
+#
+# Micro-benchmarks (Nov 2025; method recorded here, scripts were throwaway):
+# * overhead_bytes: RSS of the native runtime library with a one-op model loaded (y = x + x, [1, 8]) over bare
+#   python; for ExecuTorch the growth of load_program + load_method + execute with the library imported
+#   (2.5 MiB) + its _C.so (0.5 MiB), because an app embedding the C++ runtime carries no torch.
+# * per_call_overhead_ms: the call time of a one-op model, 1 thread, 2000 calls after 50 warm-ups.
+# * artifact_*: file size of 1-op and 201-op artifacts: base, and (201-op - 1-op) / 200.
+#
+# Fitted to edgeopt bench (Nov 2026): `python benchmarks/bench_cost_model.py` packaged all-MiniLM-L6-v2 and a
+# 5.3 M-parameter Llama in every runtime x precision for this host's `profiles detect` profile (fp32 78.3 GFLOPS,
+# int8 156.6 GOPS, 2 threads), ran each bundle's Python runner 3 times interleaved and fitted the terms with
+# edgeopt.planner.calibrate (the same code `edgeopt profiles calibrate` runs). With these numbers the detected
+# profile predicts those 24 cells within 28% (latency p50) and 12% (peak RSS); a third model (a 3.5 M-parameter
+# BERT) left out of the fit is the out-of-sample check, printed by the same benchmark.
+# * efficiency: the rate reached / the profile's nominal rate for that precision (fp16 and int4 against the
+#   fp32 and int8 rates, as this CPU has no fp16 math and computes int4 in int8). Above 1 where the runtime
+#   beats the profile convention of "about half the vector peak" (XNNPACK fp32 GEMMs); int4 ~0.4-0.5: the
+#   blockwise int4 kernels unpack weights every run on AVX2.
+# * per_op_overhead_ms: 12-38 us per eager aten op at 2 threads, not the 0.05-0.6 us a single-threaded op
+#   chain costs: each op's work is split over the thread pool and joined, and small GEMMs run below the
+#   large ones' rate; the fitted per-op term carries both.
+# * base_rss_bytes: the Python runner with the runtime imported and a model loaded, before its weights: the
+#   import alone (python + numpy + runtime) is 44.3 MiB for onnxruntime, 354.5 for executorch (its pybindings
+#   import torch and torchao) and 34.3 for ai_edge_litert; the fit adds session and arena set-up.
+# * weight_rss_factor: resident bytes per stored weight byte, floored at 1. fp16 is unpacked to fp32 by
+#   XNNPACK in LiteRT (3.3: the mapped file + an fp32 copy) and partly by onnxruntime's CPU EP (1.7).
+# * op_rss_bytes: LiteRT keeps ~218 KiB per op (XNNPACK packed-weight headers and per-op workspace).
+# * activation_factor: 0.5, the floor: these models' activations (2-3 MiB) are too small next to the rest
+#   to measure; a runtime's arena holds at least half of eager PyTorch's live-tensor peak.
+_FP16, _INT8, _INT4, _FP32 = Precision.FP16, Precision.INT8, Precision.INT4, Precision.FP32
 RUNTIME_COSTS: dict[Runtime, RuntimeCost] = {
-    # 42.5 MiB over bare python: onnxruntime 1.31 CPU EP (27.8) + numpy (14.7).
-    # 0.63 us/op, 15.2 us/call; 122 B for one op, 57 B/op.
     Runtime.ONNXRUNTIME: RuntimeCost(
-        overhead_bytes=int(42.5 * MB), per_op_overhead_ms=0.00063, activation_factor=1.0,
-        per_call_overhead_ms=0.0152, artifact_base_bytes=122, artifact_bytes_per_op=57),
-    # executorch 1.5.1: importing executorch.runtime costs 346 MiB over bare python, but 344 MiB of that
-    # is torch + exir, which the Python pybindings import and no app embedding the C++ runtime carries.
-    # Counted instead: RSS growth of load_program + load_method + execute with the library already
-    # imported (2.5 MiB) + the native extension's size (_C.so, 0.5 MiB) = 3.0 MiB.
-    # 0.25 us/op, 22.4 us/call (XNNPACK delegate); 1392 B for one op, 84 B/op.
+        overhead_bytes=int(27.8 * MB), per_op_overhead_ms=0.0124, activation_factor=0.5,
+        per_call_overhead_ms=0.0152, artifact_base_bytes=122, artifact_bytes_per_op=57,
+        base_rss_bytes=int(96.7 * MB), import_rss_bytes=int(44.3 * MB),
+        efficiency={_FP32: 1.209, _FP16: 1.200, _INT8: 0.936, _INT4: 0.501},
+        weight_rss_factor={_FP32: 1.0, _FP16: 1.709, _INT8: 1.0, _INT4: 1.0}),
     Runtime.EXECUTORCH: RuntimeCost(
-        overhead_bytes=int(3.0 * MB), per_op_overhead_ms=0.00025, activation_factor=1.0,
-        per_call_overhead_ms=0.0224, artifact_base_bytes=1392, artifact_bytes_per_op=84),
-    # 26.7 MiB over bare python: ai_edge_litert Interpreter (12.0) + numpy (14.7).
-    # 0.05 us/op, 2.1 us/call; 732 B for one op, 104 B/op.
+        overhead_bytes=int(3.0 * MB), per_op_overhead_ms=0.0178, activation_factor=0.5,
+        per_call_overhead_ms=0.0224, artifact_base_bytes=1392, artifact_bytes_per_op=84,
+        base_rss_bytes=int(383.4 * MB), import_rss_bytes=int(354.5 * MB),
+        efficiency={_FP32: 1.342, _FP16: 0.489, _INT8: 0.796, _INT4: 0.384},
+        weight_rss_factor={_FP32: 1.0, _FP16: 1.0, _INT8: 1.0, _INT4: 1.0}),
     Runtime.LITERT: RuntimeCost(
-        overhead_bytes=int(26.7 * MB), per_op_overhead_ms=0.00005, activation_factor=1.0,
-        per_call_overhead_ms=0.0021, artifact_base_bytes=732, artifact_bytes_per_op=104),
+        overhead_bytes=int(12.0 * MB), per_op_overhead_ms=0.0382, activation_factor=0.5,
+        per_call_overhead_ms=0.0021, artifact_base_bytes=732, artifact_bytes_per_op=104,
+        base_rss_bytes=int(30.9 * MB), import_rss_bytes=int(34.3 * MB), op_rss_bytes=int(218.5 * 1024),
+        efficiency={_FP32: 1.860, _FP16: 1.589, _INT8: 0.900, _INT4: 0.524},
+        weight_rss_factor={_FP32: 1.0, _FP16: 3.278, _INT8: 1.0, _INT4: 1.0}),
 }
+
+
+MEASURED_ARCH = "x86_64"  # where the efficiencies and per-op costs above were measured
+# per-op cost given to every runtime on other architectures: the median of the three measured above
+NEUTRAL_PER_OP_MS = sorted(c.per_op_overhead_ms for c in RUNTIME_COSTS.values())[len(RUNTIME_COSTS) // 2]
 
 
 def _check_shapes(stats: "ModelStats") -> None:
@@ -140,7 +175,7 @@ def weight_bytes(stats: "ModelStats", precision: Precision, *, quantize_embeddin
 
 
 def _ops_per_s(compute, precision: Precision) -> float:
-    """Effective ops/s of ``compute`` (a profile's compute section) for ``precision``."""
+    """Nominal ops/s of ``compute`` (a profile's compute section) for ``precision``."""
     if precision is Precision.FP32:
         g = compute.fp32_gflops
     elif precision is Precision.FP16:
@@ -152,31 +187,88 @@ def _ops_per_s(compute, precision: Precision) -> float:
     return float(g) * 1e9
 
 
+def prior_terms(profile, runtime: Runtime) -> dict[str, Any]:
+    """The cost-model terms ``estimate`` uses for ``runtime`` on ``profile``.
+
+    A term the profile's ``calibration`` section measured for this runtime wins; otherwise it comes from the
+    profile's nominal ``compute`` rates times the runtime's measured ``efficiency`` and ``RUNTIME_COSTS``.
+    Keys: rates (Precision -> ops/s), per_op_ms, per_call_ms, base_bytes, weight_rss_factor (Precision ->
+    factor), activation_factor, calibrated (names of the terms taken from the calibration).
+    """
+    runtime = Runtime(runtime)
+    cost, compute = RUNTIME_COSTS[runtime], profile.compute
+    cal = profile.calibration.get(runtime) if getattr(profile, "calibration", None) else None
+    # Runtime efficiencies and per-op costs were measured on x86-64; how runtimes rank on another
+    # architecture is not known until measured there, so there every runtime gets the same neutral terms
+    # (the profile's runtime order then decides between them) until `profiles calibrate` says otherwise.
+    arch = getattr(getattr(profile, "device", None), "arch", MEASURED_ARCH)
+    same_arch = arch == MEASURED_ARCH
+    calibrated: list[str] = []
+    rates = {}
+    for p in Precision:
+        measured = cal.rate(p) if cal else None
+        if measured:
+            calibrated.append(f"{p.value} rate")
+        rates[p] = measured * 1e9 if measured else _ops_per_s(compute, p) * (cost.efficiency[p] if same_arch else 1.0)
+    factors = dict(cost.weight_rss_factor)
+    for name, value in ((cal.weight_rss_factor or {}) if cal else {}).items():
+        factors[Precision(name)] = float(value)
+        calibrated.append(f"{name} weight residency")
+
+    def pick(name: str, measured, default):
+        if measured is None:
+            return default
+        calibrated.append(name)
+        return measured
+
+    return {
+        "rates": rates,
+        "per_op_ms": pick("per-op overhead", cal.per_op_us / 1e3 if cal and cal.per_op_us is not None else None,
+                          cost.per_op_overhead_ms if same_arch else NEUTRAL_PER_OP_MS),
+        "per_call_ms": cost.per_call_overhead_ms,
+        "base_bytes": pick("base RSS", cal.base_rss_mb * MB if cal and cal.base_rss_mb is not None else None,
+                           float(cost.base_rss_bytes)),
+        "weight_rss_factor": factors,
+        "op_bytes": pick("per-op memory", cal.op_rss_kb * 1024 if cal and cal.op_rss_kb is not None else None,
+                         float(cost.op_rss_bytes)),
+        "activation_factor": pick("activation factor", cal.activation_factor if cal else None,
+                                  cost.activation_factor),
+        "calibrated": calibrated,
+    }
+
+
 def estimate(stats: "ModelStats", profile, runtime: Runtime, precision: Precision) -> Estimate:
     """Predict artifact size, peak RAM and latency of ``stats`` at ``precision`` in ``runtime`` on ``profile``.
 
-    Peak RAM = weights as loaded (int8/int4 runtimes keep weights packed) + activation peak x the
-    runtime's arena factor + KV cache + the runtime's own overhead. Activations and KV cache halve at
-    fp16 only when the profile has fp16 math (``compute.fp16_gflops``); otherwise runtimes upcast to fp32.
-    Latency = max(FLOPs / ops-per-second, weight bytes / memory bandwidth) + call and per-op overhead.
+    Peak RAM = the runner's base RSS with the runtime loaded + stored weight bytes x the runtime's residency
+    factor at this precision (2.0 where it unpacks fp16 to fp32, >1 where it pre-packs a copy) + activation
+    peak x the runtime's arena factor + KV cache. Activations and KV cache halve at fp16 only when the profile
+    has fp16 math (``compute.fp16_gflops``); otherwise runtimes upcast to fp32.
+    Latency = max(FLOPs / rate, weight bytes / memory bandwidth) + per-call + per-op overhead x aten ops, where
+    rate is the profile's calibrated rate for this runtime and precision, else its nominal rate x the
+    runtime's efficiency (see ``prior_terms``).
     """
     runtime, precision = Runtime(runtime), Precision(precision)
     cost, compute = RUNTIME_COSTS[runtime], profile.compute
+    terms = prior_terms(profile, runtime)
     weights = weight_bytes(stats, precision)
     half = precision is Precision.FP16 and bool(compute.fp16_gflops)
-    act = stats.activation_peak_bytes * cost.activation_factor / (2 if half else 1)
+    act = stats.activation_peak_bytes * terms["activation_factor"] / (2 if half else 1)
     kv = stats.kv_cache_bytes / (2 if half else 1)
-    compute_ms = stats.flops / _ops_per_s(compute, precision) * 1e3
+    resident = weights * terms["weight_rss_factor"][precision] + terms["op_bytes"] * stats.aten_ops
+    compute_ms = stats.flops / terms["rates"][precision] * 1e3
     memory_ms = weights / (float(compute.memory_bandwidth_gbps) * 1e9) * 1e3
-    op_ms = cost.per_call_overhead_ms + cost.per_op_overhead_ms * stats.aten_ops
+    op_ms = terms["per_call_ms"] + terms["per_op_ms"] * stats.aten_ops
     breakdown = {
-        "weights_bytes": float(weights), "activation_bytes": float(act), "kv_cache_bytes": float(kv),
-        "runtime_overhead_bytes": float(cost.overhead_bytes),
+        "weights_bytes": float(weights), "resident_weights_bytes": float(resident),
+        "activation_bytes": float(act), "kv_cache_bytes": float(kv),
+        "runtime_overhead_bytes": float(terms["base_bytes"]),
         "compute_ms": compute_ms, "memory_ms": memory_ms, "op_overhead_ms": op_ms,
+        "rate_gops": terms["rates"][precision] / 1e9, "calibrated": float(bool(terms["calibrated"])),
     }
     return Estimate(
         artifact_bytes=weights + cost.artifact_base_bytes + cost.artifact_bytes_per_op * stats.aten_ops,
-        peak_ram_bytes=int(math.ceil(weights + act + kv + cost.overhead_bytes)),
+        peak_ram_bytes=int(math.ceil(resident + act + kv + terms["base_bytes"])),
         latency_ms=max(compute_ms, memory_ms) + op_ms,
         breakdown=breakdown,
     )

@@ -1,7 +1,9 @@
 """Candidate search: enumerate runtime × precision, estimate, reject with reasons, order the rest.
 
-Feasible candidates are ordered fast tier first (estimated within ``SAME_SPEED`` of the fastest), then
-by accuracy risk (fp32 < fp16 < int8 < int4), then by the profile's runtime preference. The
+Feasible candidates are ordered by accuracy risk (fp32 < fp16 < int8 < int4), then by estimated latency;
+estimates within ``SAME_SPEED`` of the fastest of their precision count as a tie, broken by the profile's
+runtime preference. Speed enters as a constraint: the profile's ``targets.latency_ms`` rejects candidates
+estimated slower, so a generous profile keeps full precision and a tight one forces quantization. The
 build-and-verify loop that walks this order lives in ``edgeopt.pipeline``; rows it tries get their
 measured fidelity recorded here.
 """
@@ -73,6 +75,7 @@ class Plan:
     model_name: str
     profile_name: str
     rows: list[CandidateRow]
+    context: dict = field(default_factory=dict)  # the profile's limits and targets the rows were judged by
 
     @property
     def feasible(self) -> list[CandidateRow]:
@@ -83,11 +86,12 @@ class Plan:
         return next((r for r in self.rows if r.status is Status.CHOSEN), None)
 
     def to_dict(self) -> dict:
-        return {"model": self.model_name, "profile": self.profile_name, "rows": [r.to_dict() for r in self.rows]}
+        return {"model": self.model_name, "profile": self.profile_name, "context": dict(self.context),
+                "rows": [r.to_dict() for r in self.rows]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
-        return cls(d["model"], d["profile"], [CandidateRow.from_dict(r) for r in d["rows"]])
+        return cls(d["model"], d["profile"], [CandidateRow.from_dict(r) for r in d["rows"]], dict(d.get("context") or {}))
 
     def why_nothing_fits(self) -> str:
         lines = [f"no candidate fits profile {self.profile_name!r} for {self.model_name}:"]
@@ -129,30 +133,46 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
     _order(rows, runtimes or list(profile.runtimes))
-    return Plan(stats.model_name, profile.name, rows)
+    return Plan(stats.model_name, profile.name, rows, _context(stats, profile))
 
 
-# Candidates estimated within this factor of the fastest feasible one count as equally fast: the cost
-# model cannot tell such differences apart, while precision and runtime preference are real choices.
-SAME_SPEED = 1.25
+def _context(stats, profile) -> dict:
+    """What the rows were judged by, for the explanation printed under the table."""
+    cal = getattr(profile, "calibration", None)
+    fid = profile.targets.fidelity
+    return {
+        "model_ram_mb": profile.limits.model_ram_mb, "model_storage_mb": profile.limits.model_storage_mb,
+        "precisions": [p.value for p in profile.limits.precisions],
+        "runtimes": [r.value for r in profile.runtimes],
+        "latency_ms": profile.targets.latency_ms, "threads": profile.compute.threads,
+        "min_cosine": fid.min_cosine, "batch": stats.batch, "seq_len": stats.seq_len,
+        "context_len": stats.context_len, "family": stats.family,
+        "calibrated": cal.source if cal else None,
+    }
+
+
+# Estimates closer than this factor count as equally fast: the calibrated cost model is within ~35% per
+# cell, but its errors are shared by runtimes of one precision, so 10% apart is a real difference.
+SAME_SPEED = 1.10
 _RISK = {Precision.FP32: 0, Precision.FP16: 1, Precision.INT8: 2, Precision.INT4: 3}
 
 
 def _order(rows: list[CandidateRow], runtime_order: list[Runtime]) -> None:
-    """Feasible first; among them the fast tier first, then least accuracy risk, then runtime preference.
-
-    So a profile that fits int8 and int4 gets int8 (int4 buys size, not speed, on CPUs that compute it
-    in int8), and fp32 is built only when no faster candidate keeps the fidelity tolerance.
-    """
-    feasible = [r.estimate["latency_ms"] for r in rows if r.status is Status.FEASIBLE and r.estimate]
-    fastest = min(feasible) if feasible else 0.0
+    """Feasible first; among them least accuracy risk, then estimated latency (ties: runtime preference)."""
     rank = {r: i for i, r in enumerate(runtime_order)}
+    fastest: dict[Precision, float] = {}
+    for r in rows:
+        if r.status is Status.FEASIBLE and r.estimate:
+            p = r.candidate.precision
+            fastest[p] = min(fastest.get(p, float("inf")), r.estimate["latency_ms"])
 
     def key(row: CandidateRow):
         latency = row.estimate["latency_ms"] if row.estimate else float("inf")
-        tier = 0 if latency <= fastest * SAME_SPEED else 1
-        return (row.status is not Status.FEASIBLE, tier, _RISK[row.candidate.precision],
-                rank.get(row.candidate.runtime, len(rank)), latency)
+        best = fastest.get(row.candidate.precision)
+        # tier 0: within SAME_SPEED of the fastest of this precision; later tiers by how much slower
+        tier = 0 if best and latency <= best * SAME_SPEED else 1
+        return (row.status is not Status.FEASIBLE, _RISK[row.candidate.precision], tier,
+                rank.get(row.candidate.runtime, len(rank)) if tier == 0 else 0, latency)
 
     rows.sort(key=key)
 
