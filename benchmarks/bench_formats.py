@@ -5,7 +5,8 @@
 On MiniLM-L6 at batch 1, seq 128: eager torch fp32, torch dynamic int8, onnxruntime quantize_dynamic with
 its defaults, each toolchain's default int8 export, and edgeopt's int8 artifact in every format plus the
 artifact edgeopt chooses for desktop-cpu. Each variant is timed in a fresh process (benchmarks/measure_worker.py)
-so its peak RSS is its own. Prints p50 latency and its ratio to the fastest baseline that keeps mean cosine
+so its peak RSS is its own, once per round with the variants interleaved (--rounds, default 3; the median
+round counts). Prints p50 latency and its ratio to the fastest baseline that keeps mean cosine
 >= 0.99, size (and ratio to fp32), fidelity against eager fp32 on 16 held-out inputs, peak RSS, packaging time.
 
 Targets (issue: ExecuTorch and TFLite packagers): the desktop-cpu choice is at least as fast as that baseline,
@@ -149,6 +150,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure every variant once per round, variants interleaved; the table gives the median")
     ap.add_argument("--out", type=Path, default=None, help="also write the table as JSON")
     args = ap.parse_args()
 
@@ -165,19 +168,35 @@ def main() -> None:
         choice = _edgeopt_choice(work)
         if choice:
             ours.append((*[str(x) if isinstance(x, Path) else x for x in choice], False))
+        variants = base + ours
+        measured: dict[str, list[dict]] = {name: [] for name, *_ in variants}
+        errors: dict[str, str] = {}
+        # Interleaved rounds: drift on a shared machine (other jobs, clocks) lands on every variant alike
+        # instead of on whichever ran during a busy minute.
+        for r in range(args.rounds):
+            for name, kind, path, _pack_s, _is_base in variants:
+                if name in errors:
+                    continue
+                print(f"round {r + 1}/{args.rounds}: measuring {name} ...", file=sys.stderr, flush=True)
+                res = _measure(kind, path, inputs, work, args.threads, args.runs)
+                if "error" in res:
+                    errors[name] = res["error"]
+                else:
+                    measured[name].append(res)
         rows = []
         reference = None
-        for name, kind, path, pack_s, is_base in base + ours:
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            res = _measure(kind, path, inputs, work, args.threads, args.runs)
-            if "error" in res:
-                rows.append({"name": name, "error": res["error"]})
+        for name, kind, path, pack_s, is_base in variants:
+            if name in errors:
+                rows.append({"name": name, "error": errors[name]})
                 continue
+            runs = measured[name]
             if reference is None:  # torch eager fp32 comes first
-                reference = res["outputs"]
-            cos = _cosines(reference, res["outputs"])
+                reference = runs[0]["outputs"]
+            cos = _cosines(reference, runs[0]["outputs"])
             size = Path(path).stat().st_size if Path(path).is_file() else None
-            rows.append({"name": name, "baseline": is_base, "p50_ms": res["p50_ms"], "peak_rss_mb": res["peak_rss_mb"],
+            p50s = [m["p50_ms"] for m in runs]
+            rows.append({"name": name, "baseline": is_base, "p50_ms": float(np.median(p50s)),
+                         "p50_rounds_ms": p50s, "peak_rss_mb": float(np.median([m["peak_rss_mb"] for m in runs])),
                          "bytes": size, "mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos)),
                          "packaging_s": pack_s})
     _print(rows)
