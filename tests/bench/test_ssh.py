@@ -144,7 +144,7 @@ def test_local_and_ssh_give_the_same_json(bundle, ssh_env, capsys, tmp_path):
     code, remote, said = bench_json(capsys, str(work), "--device", address(ssh_env), "--python", sys.executable,
                                     *FAST)
     assert code == 0, said
-    assert local.keys() == remote.keys() == {"schema_version", "device", "bundle", "result", "comparison", "saved_to"}
+    assert local.keys() == remote.keys() == {"schema_version", "device", "bundle", "result", "comparison", "cost_inputs", "saved_to"}
     assert remote["device"]["address"] == address(ssh_env) and remote["device"]["kind"] == "ssh"
     a, b = parse_result(json.dumps(local["result"])), parse_result(json.dumps(remote["result"]))
     assert a.raw.keys() == b.raw.keys() and a.artifact_sha256 == b.artifact_sha256 and a.verified and b.verified
