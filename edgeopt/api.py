@@ -63,18 +63,20 @@ def make_plan(model: str | None = None, *, profile="arm-mobile", fmt: str | None
 
 def package(model: str | None = None, *, profile="arm-mobile", out: str | Path = "dist", fmt: str | None = None,
             precision: str | None = None, activations: str | None = None, all_formats: bool = False,
-            force: bool = False, allow_pickle: bool = False, progress: Progress | None = None):
+            force: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
+            recover_seconds: float = 60.0):
     """Plan, build, verify and bundle. Returns a ``PackageResult`` (bundle path, manifest, plan).
 
     ``fmt``/``precision``/``activations`` ("dynamic" or "static") bypass the planner's choice;
     ``all_formats`` also builds the chosen scheme in every other format and bundles those that pass.
+    ``recover_seconds`` bounds the distillation after pruning, when the plan has to prune (0: none).
     """
     from edgeopt.pipeline import package as _package
 
     runtime, prec = _overrides(fmt, precision)
     return _package(load_profile(profile), model, out=Path(out), runtime=runtime, precision=prec,
                     activations=_activations(activations), all_formats=all_formats, force=force,
-                    allow_pickle=allow_pickle, progress=progress)
+                    allow_pickle=allow_pickle, progress=progress, recover_seconds=_recover(recover_seconds))
 
 
 def calibrate_profile(results: list[str | Path], *, profile=None, out: str | Path | None = None,
@@ -205,6 +207,16 @@ def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_sec
     record = make_record(result, address, b.manifest, compare(result, b.manifest))
     saved = str(save_record(b.path, record, address)) if save else None
     return replace(result, record=record, saved_to=saved)
+
+
+def _recover(value) -> float:
+    import math
+
+    from edgeopt.errors import UsageError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"recover_seconds must be a number of seconds >= 0, got {value!r} (0 turns distillation off)")
+    return float(value)
 
 
 def _activations(value: str | None):

@@ -255,11 +255,14 @@ def _nofit(p):
 @click.option("--precision", default=None, help="Bypass the planner's precision choice.")
 @click.option("--activations", default=None, help="Quantized activations: dynamic (default) or static (calibrated).")
 @click.option("--all-formats", is_flag=True, help="Also build the chosen scheme in every other format; compare side by side.")
+@click.option("--recover-seconds", default=60.0, show_default=True, type=float,
+              help="When the plan has to prune: seconds of distillation from the original model afterwards (0: none).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (they can run code).")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
 def package(profile_name: str, model: str | None, out: str, fmt: str | None, precision: str | None,
-            activations: str | None, all_formats: bool, force: bool, allow_pickle: bool, json_out: bool) -> None:
+            activations: str | None, all_formats: bool, recover_seconds: float, force: bool, allow_pickle: bool,
+            json_out: bool) -> None:
     """Plan, build, verify in the real runtime, and write a bundle."""
     from edgeopt import api
 
@@ -268,7 +271,7 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
         with con.working("packaging"), _native_log():
             result = api.package(model, profile=profile_name, out=out, fmt=fmt, precision=precision,
                                  activations=activations, all_formats=all_formats, force=force,
-                                 allow_pickle=allow_pickle, progress=con.progress)
+                                 allow_pickle=allow_pickle, progress=con.progress, recover_seconds=recover_seconds)
     except EdgeoptError as e:
         plan_obj = getattr(e, "plan", None)
         if plan_obj is not None and not json_out:
@@ -286,6 +289,9 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
              f"{art['bytes'] / MB:.1f} MB")
     con.line(f"  fidelity vs fp32 on {fid['samples']} held-out inputs: mean cosine {fid['mean_cosine']:.4f}, "
              f"worst {fid['min_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
+    if m.get("pruning"):
+        pr = m["pruning"]
+        con.line(f"  pruned: {pr.get('summary')} (fidelity of the pruned fp32 model vs the original)")
     if "all_formats" in m:
         _print_side_by_side(con, result.bundle_path, m)
     con.line(f"  next: edgeopt bench {result.bundle_path} --device local")

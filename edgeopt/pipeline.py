@@ -4,6 +4,11 @@
 real runtime on held-out inputs and accepts the first whose fidelity meets the profile's tolerance.
 A quantized candidate that misses is retried with its most sensitive layers kept at float before the
 next candidate is tried. Every attempt is recorded in the plan, with what it measured.
+
+When no candidate of the model as given fits the estimates, the model is pruned at each depth of the
+planner's ladder (weight magnitude, for the estimates only) and planned again; a pruned candidate is built
+from the model pruned on calibration inputs (activation importance, optional distillation), and its
+fidelity is measured against the original fp32 model, so the table shows what pruning cost.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ CALIBRATION_SAMPLES = 4  # for sensitivity (and, later, static quantization)
 PARITY_SAMPLES = 8  # stored in inputs.npz for the device runner
 # Fractions of the linear layers kept float, tried in turn when a quantized build misses the tolerance.
 KEEP_FLOAT_STEPS = (1 / 12, 1 / 6, 1 / 4)
+DEFAULT_RECOVER_SECONDS = 60.0  # distillation after pruning, when a pruned candidate is built
 
 Progress = Callable[[str], None]
 
@@ -42,16 +48,20 @@ class Built:
     artifact: object  # packagers.Artifact
     fidelity: object  # verify.Fidelity
     expected: list  # the artifact's own outputs on the eval samples
+    model: object = None  # the LoadedModel it was exported from (the pruned one for a pruned candidate)
+    pruning: dict | None = None  # PruneReport.to_dict() for a pruned candidate
 
 
 def package(profile, model: str | None = None, *, out: Path = Path("dist"), runtime: Runtime | None = None,
             precision: Precision | None = None, activations: Activations | None = None, all_formats: bool = False,
-            force: bool = False, allow_pickle: bool = False, progress: Progress | None = None) -> PackageResult:
+            force: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
+            recover_seconds: float = DEFAULT_RECOVER_SECONDS) -> PackageResult:
     """Build, verify and bundle the best candidate for ``model`` on ``profile``.
 
     ``runtime``/``precision``/``activations`` bypass the planner's choice. ``all_formats`` also builds the
     chosen scheme in every other format that can, verifies each, and bundles those that pass; the
-    manifest's ``all_formats`` table records every one tried.
+    manifest's ``all_formats`` table records every one tried. ``recover_seconds`` bounds the distillation
+    that follows pruning (0: none), when a pruned candidate is built.
 
     Raises:
         NoFitError: nothing fits the estimates, or every built candidate missed the tolerance (exit 5).
@@ -67,14 +77,19 @@ def package(profile, model: str | None = None, *, out: Path = Path("dist"), runt
     shapes = profile.shapes
     say(f"analyse: {loaded.name} at batch {shapes.batch}, seq {shapes.seq_len}")
     stats = analyse(loaded, shapes.batch, shapes.seq_len, shapes.context_len)
-    plan = make_plan(stats, profile, runtimes=[runtime] if runtime else None,
-                     precisions=[precision] if precision else None, activations=activations)
+    restrict = {"runtimes": [runtime] if runtime else None, "precisions": [precision] if precision else None,
+                "activations": activations}
+    plan = make_plan(stats, profile, **restrict)
+    if not plan.feasible and _pruning_could_help(plan, profile):
+        pruned = pruned_stats(loaded, shapes, say)
+        if pruned:
+            plan = make_plan(stats, profile, **restrict, pruned=pruned)
     if not plan.feasible:
         raise _no_fit(plan, "no candidate fits the profile's limits")
     target = bundle_dir(Path(out), loaded.name, profile.name)
     protected = (Path(loaded.source),) if Path(loaded.source).exists() else ()
     with BundleWriter(target, force=force, protected=protected) as writer:
-        data = _Data(loaded, shapes.batch, shapes.seq_len)
+        data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds)
         work = writer.staging / ".work"
         built = [_build_first_passing(plan, loaded, profile, data, work, say)]
         side_by_side = None
@@ -93,6 +108,7 @@ def _build_other_formats(chosen: Built, loaded, profile, data: "_Data", work: Pa
     from edgeopt.packagers import available_runtimes, get_packager
 
     scheme = chosen.artifact.scheme
+    loaded = chosen.model or loaded
     rows = [_side_row(chosen.artifact.runtime, scheme, "chosen", chosen, None)]
     built = []
     for runtime in available_runtimes():
@@ -110,7 +126,7 @@ def _build_other_formats(chosen: Built, loaded, profile, data: "_Data", work: Pa
             rows.append(_side_row(runtime, scheme, "failed", None, str(e).splitlines()[0]))
             continue
         miss = _misses(fidelity, profile.targets.fidelity)
-        b = Built(artifact, fidelity, expected)
+        b = Built(artifact, fidelity, expected, loaded, chosen.pruning)
         rows.append(_side_row(runtime, scheme, "bundled" if miss is None else "rejected", b, miss))
         if miss is None:
             built.append(b)
@@ -134,29 +150,42 @@ def _side_row(runtime: Runtime, scheme, status: str, built: Built | None, reason
 class _Data:
     """Samples and fp32 reference outputs, computed once and shared by every attempt."""
 
-    def __init__(self, loaded, batch: int, seq_len: int):
+    def __init__(self, loaded, batch: int, seq_len: int, recover_seconds: float = 0.0):
         import torch
 
         self.shapes = (batch, seq_len)
+        self.recover_seconds = recover_seconds
+        self._pruned: dict = {}
         self.eval = loaded.sample_inputs(EVAL_SAMPLES, batch=batch, seq_len=seq_len, split="eval")
         self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
         with torch.no_grad():
             self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
         self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
-        self._sensitivity = None
+        self._sensitivity: dict = {}
 
     def sensitivity(self, loaded):
-        if self._sensitivity is None:
+        if id(loaded.module) not in self._sensitivity:
             from edgeopt.quantize import sensitivity
 
-            self._sensitivity = sensitivity.measure(loaded.module, self.calibration)
-        return self._sensitivity
+            self._sensitivity[id(loaded.module)] = sensitivity.measure(loaded.module, self.calibration)
+        return self._sensitivity[id(loaded.module)]
+
+    def pruned(self, loaded, spec, say: Progress):
+        """The model pruned by ``spec`` on the calibration inputs (then distilled), once per spec."""
+        if spec not in self._pruned:
+            from edgeopt.prune import prune
+
+            say(f"prune: {loaded.name}, {spec.describe()} (activation importance"
+                + (f", then up to {self.recover_seconds:g} s of distillation)" if self.recover_seconds else ")"))
+            self._pruned[spec] = prune(loaded, spec, self.calibration, recover_seconds=self.recover_seconds)
+        return self._pruned[spec]
 
 
 def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, say: Progress):
     from edgeopt.packagers import get_packager
 
     tol = profile.targets.fidelity
+    original = loaded
     for row in plan.feasible:
         packager = get_packager(row.candidate.runtime)
         try:
@@ -164,7 +193,17 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
         except EdgeoptError as e:
             _reject(row, str(e))
             continue
-        scheme = row.candidate.scheme
+        scheme, pruning = row.candidate.scheme, None
+        loaded = original
+        if row.candidate.prune is not None:
+            result = data.pruned(original, row.candidate.prune, say)
+            loaded, pruning = result.loaded, result.report.to_dict()
+            pruned_cosine = result.report.fidelity.mean_cosine
+            if pruned_cosine < tol.min_cosine:  # quantizing it can only lose more: skip the builds
+                row.fidelity = result.report.fidelity.to_dict()
+                _reject(row, f"pruned model alone (fp32, {result.report.summary()}) keeps mean cosine "
+                             f"{pruned_cosine:.4f} < {tol.min_cosine}")
+                continue
         for keep in _keep_float_schedule(data, loaded, scheme):
             attempt_scheme = scheme.with_keep_float(keep) if keep else scheme
             say(f"export: {row.candidate.key} ({attempt_scheme.describe()})")
@@ -177,13 +216,15 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
             say(f"verify: {row.candidate.key} in {row.candidate.runtime.value} on {len(data.eval)} held-out inputs")
             fidelity, expected = _verify(packager, artifact, loaded, data)
             row.attempts.append({"scheme": attempt_scheme.to_dict(), "fidelity": fidelity.to_dict(),
-                                 "bytes": artifact.path.stat().st_size, "build_seconds": round(artifact.build_seconds, 2)})
+                                 "bytes": artifact.path.stat().st_size, "build_seconds": round(artifact.build_seconds, 2),
+                                 **({"pruning": pruning} if pruning else {})})
             miss = _misses(fidelity, tol)
             if miss is None:
                 row.status, row.fidelity = Status.CHOSEN, fidelity.to_dict()
-                row.candidate = type(row.candidate)(row.candidate.runtime, row.candidate.precision, attempt_scheme)
+                row.candidate = type(row.candidate)(row.candidate.runtime, row.candidate.precision, attempt_scheme,
+                                                    row.candidate.prune)
                 say(f"verify: {row.candidate.key} passes: {fidelity.summary()}")
-                return Built(artifact, fidelity, expected)
+                return Built(artifact, fidelity, expected, loaded, pruning)
             say(f"verify: {row.candidate.key} misses: {miss}")
             row.fidelity = fidelity.to_dict()
             if not fidelity.finite:
@@ -192,6 +233,46 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
             _reject(row, _attempts_reason(row, tol))
     raise _no_fit(plan, "every candidate built missed the fidelity tolerance or failed to build",
                   cls=FidelityError)
+
+
+def _pruning_could_help(plan: Plan, profile) -> bool:
+    """Whether some rejected candidate failed only on what pruning shrinks (weights, activations, FLOPs):
+    not on a precision or runtime the profile excludes, a packager that cannot build it, or a RAM limit the
+    runtime's own overhead already exceeds. Saves pruning the model just to print the same reasons."""
+    limit = profile.limits.model_ram_mb * 1024 * 1024
+    for row in plan.rows:
+        c, est = row.candidate, row.estimate or {}
+        if c.precision not in profile.limits.precisions or c.runtime not in profile.runtimes:
+            continue
+        if any("packager" in r or "cannot build" in r for r in row.reasons):
+            continue
+        if (est.get("breakdown") or {}).get("runtime_overhead_bytes", 0) >= limit:
+            continue
+        return True
+    return False
+
+
+def pruned_stats(loaded, shapes, say: Progress) -> dict:
+    """ModelStats of ``loaded`` pruned at each depth of the planner's ladder (by weight magnitude: the shapes
+    and so the estimates are those of the real build, which ranks by calibration data instead).
+    Empty for models edgeopt cannot prune (a file.py:factory module, an unsupported architecture)."""
+    from edgeopt.analysis import analyse
+    from edgeopt.errors import UsageError
+    from edgeopt.planner.search import PRUNE_LADDER
+    from edgeopt.prune import plan_shape, prune
+
+    if loaded.config is None:
+        return {}
+    out = {}
+    for spec in PRUNE_LADDER:
+        try:
+            plan_shape(loaded.config, spec, where=loaded.name)
+        except (UnsupportedError, UsageError):
+            continue
+        say(f"analyse: {loaded.name} pruned ({spec.describe()}), for the estimates")
+        small = prune(loaded, spec, None, eval_inputs=[loaded.example_inputs(shapes.batch, shapes.seq_len)]).loaded
+        out[spec] = analyse(small, shapes.batch, shapes.seq_len, shapes.context_len)
+    return out
 
 
 def _keep_float_schedule(data: _Data, loaded, scheme) -> Iterator[tuple[str, ...]]:
@@ -274,6 +355,8 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built
         "estimates": chosen.estimate if chosen else None,
         "fidelity": built[0].fidelity.to_dict(),
     }
+    if built[0].pruning:
+        manifest["pruning"] = built[0].pruning
     if side_by_side is not None:
         manifest["all_formats"] = side_by_side
     (staging / "README.md").write_text(report.bundle_readme(manifest), encoding="utf-8")

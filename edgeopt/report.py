@@ -16,7 +16,7 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
         order += 1 if tried else 0
         rows.append([
             str(order) if tried else "-",
-            f"{c['runtime']}/{c['precision']}",
+            f"{c['runtime']}/{c['precision']}" + _prune_suffix(c.get("prune")),
             f"{est['artifact_bytes'] / MB:.1f}" if est else "-",
             f"{est['peak_ram_bytes'] / MB:.0f}" if est else "-",
             f"{est['latency_ms']:.1f}" if est else "-",
@@ -25,6 +25,15 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
             "; ".join(r.get("reasons", [])),
         ])
     return rows
+
+
+def _prune_suffix(prune: dict | None) -> str:
+    if not prune:
+        return ""
+    from edgeopt.planner.search import prune_tag
+    from edgeopt.prune import PruneSpec
+
+    return "+" + prune_tag(PruneSpec.from_dict(prune))
 
 
 PLAN_HEADER = ["#", "candidate", "size MB", "RAM MB", "est ms", "status", "cosine", "reason"]
@@ -48,8 +57,10 @@ def plan_explanation(plan_dict: dict) -> list[str]:
         f"estimates at {shape}, {ctx['threads']} threads: size = artifact file, RAM = peak resident memory of the "
         f"runtime's runner with the model loaded, est ms = p50 latency. Source: {source}.",
         "order (#): candidates that fit are built and verified top to bottom, least accuracy risk first "
-        "(fp32, fp16, int8, int4), then fastest estimate (within 10%: the profile's runtime order); the first "
-        "whose artifact keeps the fidelity target in its real runtime is chosen. Rejected rows give the reason.",
+        "(no pruning before pruning, shallow before deep; then fp32, fp16, int8, int4), then fastest estimate "
+        "(within 10%: the profile's runtime order); the first whose artifact keeps the fidelity target in its real "
+        "runtime is chosen. Pruned candidates (+prune:w<width kept>-<blocks dropped>b) appear only when nothing "
+        "unpruned fits. Rejected rows give the reason.",
     ]
     first = next((r for r in plan_dict["rows"] if r["status"] in ("feasible", "chosen")), None)
     chosen = next((r for r in plan_dict["rows"] if r["status"] == "chosen"), None)
@@ -60,6 +71,10 @@ def plan_explanation(plan_dict: dict) -> list[str]:
         c = first["candidate"]
         lines.append(f"next: `edgeopt package --profile {plan_dict['profile']}` builds {c['runtime']}/{c['precision']} "
                      "first.")
+    elif any(r.get("fidelity") or r.get("attempts") for r in plan_dict["rows"]):
+        lines.append("nothing passed: every candidate built missed the fidelity target (cosine column; the reason "
+                     "lists each attempt). Lower targets.fidelity.min_cosine, give pruning more distillation "
+                     "(--recover-seconds), or loosen the limits that ruled out the rest.")
     else:
         lines.append("nothing fits: loosen the limits named in the reasons, or pick a smaller model.")
     return lines
@@ -99,6 +114,13 @@ def bundle_report(manifest: dict) -> str:
     if est:
         lines += [f"- artifact {est['artifact_bytes'] / MB:.1f} MB, peak RAM {est['peak_ram_bytes'] / MB:.0f} MB "
                   f"(limit {prof['limits']['model_ram_mb']} MB), latency {est['latency_ms']:.1f} ms"]
+    pr = manifest.get("pruning")
+    if pr:
+        lines += ["", "## Pruning", "", f"- {pr['summary']} (the pruned fp32 model against the original, before "
+                  "quantization)",
+                  f"- importance: {pr['importance']}; blocks dropped: {pr['dropped_blocks'] or 'none'} "
+                  f"({pr.get('depth_method') or 'no depth pruning'}); {pr['calibration_samples']} calibration samples",
+                  f"- distillation: {pr['recovery_seconds']:.0f} s, {pr['recovery_steps']} steps"]
     q = art.get("quantization")
     if q:
         lines += ["", "## Quantization coverage", "",

@@ -55,7 +55,7 @@ def test_generous_profile_keeps_full_precision(minilm_stats):
     fp32 = [r.estimate["latency_ms"] for r in plan.rows[:3]]
     assert fp32[0] <= min(fp32) * 1.10
     text = "\n".join(plan_explanation(plan.to_dict()))
-    assert "least accuracy risk first (fp32, fp16, int8, int4), then fastest estimate" in text
+    assert "least accuracy risk first (no pruning before pruning, shallow before deep; then fp32, fp16, int8, int4)" in text
     assert f"builds {first.candidate.key} first" in text
     assert "RAM <= 2048 MB, storage <= 1024 MB" in text and "no latency target" in text
 
@@ -142,3 +142,59 @@ def test_every_builtin_profile_plans_minilm_and_a_tiny_decoder(minilm_stats, tin
             assert rows[0][0] == "1" and all(r[0] == "-" for r, row in zip(rows, plan.rows)
                                              if row.status is Status.REJECTED)
         assert dec_stats.kv_cache_bytes > 0
+
+
+def test_too_tight_for_quantization_alone_plans_pruning(minilm_stats):
+    """A latency target below every unpruned estimate: the plan adds pruned candidates (and only then), least
+    deep first, each estimated from the model really pruned to that shape."""
+    from edgeopt.models import load_model
+    from edgeopt.pipeline import pruned_stats
+    from edgeopt.profiles import Shapes
+
+    pruned = pruned_stats(load_model(None), Shapes(1, 128, None), lambda _m: None)
+    assert len(pruned) == 5  # MiniLM has 6 blocks: every depth of the ladder applies
+    for spec, stats in pruned.items():
+        assert stats.params_total < minilm_stats.params_total
+        assert stats.flops < minilm_stats.flops
+        assert stats.num_layers == 6 - spec.drop_blocks
+    fastest = min(r.estimate["latency_ms"] for r in plan_for(minilm_stats, crafted("any")).rows)
+    target = round(fastest * 0.9, 2)
+    d = crafted("too-fast", latency=target)
+    without = plan_for(minilm_stats, d)
+    assert not without.feasible
+    plan = make_plan(minilm_stats, Profile.from_dict(d, source="<too-fast>"), pruned=pruned)
+    first = plan.feasible[0]
+    assert first.candidate.prune is not None
+    assert all(r.candidate.prune is not None for r in plan.feasible)
+    assert all(r.status is Status.REJECTED for r in plan.rows if r.candidate.prune is None)
+    assert first.estimate["latency_ms"] <= target
+    assert "+prune:w" in first.candidate.key
+    text = "\n".join(plan_explanation(plan.to_dict()))
+    assert "no pruning before pruning" in text
+
+
+@pytest.mark.slow
+def test_package_prunes_when_precision_alone_cannot_fit(tmp_path, minilm_stats):
+    """End to end on MiniLM: a profile too tight for quantization alone gives a pruned, quantized bundle whose
+    manifest records what was pruned and what it cost in fidelity; the artifact runs in its runtime."""
+    from edgeopt import api
+
+    fastest = min(r.estimate["latency_ms"] for r in plan_for(minilm_stats, crafted("any")).rows)
+    d = crafted("prune-me", latency=round(fastest * 0.9, 2), precisions=("int8",), runtimes=("onnxruntime",))
+    d["targets"]["fidelity"]["min_cosine"] = 0.5  # pruning a quarter of MiniLM's FFN costs far more than int8
+    res = api.package(None, profile=Profile.from_dict(d, source="<prune-me>"), out=tmp_path, recover_seconds=15)
+    m = res.manifest
+    pr = m["pruning"]
+    assert pr["params_after"] < pr["params_before"] == 22713216
+    assert pr["importance"] == "activation" and pr["recovery_seconds"] <= 15 + 5
+    assert pr["fidelity_before"]["mean_cosine"] > 0.5
+    chosen = next(r for r in m["plan"]["rows"] if r["status"] == "chosen")
+    assert chosen["candidate"]["prune"] == pr["spec"]
+    assert m["artifacts"][0]["precision"] == "int8"
+    assert m["fidelity"]["mean_cosine"] >= 0.5  # measured against the ORIGINAL fp32 model
+    report = (res.bundle_path / "report.md").read_text()
+    assert "## Pruning" in report and pr["summary"] in report and "+prune:w" in report
+    run = api.bench(res.bundle_path, runs=5, min_seconds=0.1, warmup=1, repeats=1, save=False)
+    # the bundle's runner: the pruned artifact matches its host run, and the original model as measured above
+    assert run.parity["host_max_abs_err"] < 1e-3
+    assert abs(run.parity["mean_cosine"] - m["fidelity"]["mean_cosine"]) < 0.05

@@ -14,7 +14,14 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from edgeopt.formats import Precision, Runtime
+from edgeopt.prune import PruneSpec
 from edgeopt.quantize import Activations, QuantScheme, default_scheme
+
+# Pruning depths the planner tries, least aggressive first, only when no unpruned candidate fits: width
+# (FFN channels, and KV-head groups where the config can say so) kept, and whole blocks dropped. On MiniLM
+# (benchmarks/bench_prune.py) these keep mean cosine 0.955, 0.931, 0.881, 0.827 and 0.666 before distillation.
+PRUNE_LADDER = (PruneSpec(0.9), PruneSpec(1.0, drop_blocks=1), PruneSpec(0.75), PruneSpec(0.75, drop_blocks=1),
+                PruneSpec(0.5, drop_blocks=2))
 
 
 class Status(str, enum.Enum):
@@ -23,22 +30,34 @@ class Status(str, enum.Enum):
     REJECTED = "rejected"  # by an estimate, a capability, or a measurement
 
 
+def prune_tag(spec: PruneSpec) -> str:
+    """``prune:w75%-1b`` (width kept, blocks dropped), the suffix of a pruned candidate's key."""
+    heads = f",h{spec.head_ratio:.0%}" if spec.head_ratio is not None else ""
+    return f"prune:w{spec.width_ratio:.0%}{heads}-{spec.drop_blocks}b"
+
+
 @dataclass(frozen=True)
 class Candidate:
+    """One point of the search space: runtime x precision (its quantization scheme) x pruning depth."""
+
     runtime: Runtime
     precision: Precision
     scheme: QuantScheme
+    prune: PruneSpec | None = None  # None: the model as given
 
     @property
     def key(self) -> str:
-        return f"{self.runtime.value}/{self.precision.value}"
+        base = f"{self.runtime.value}/{self.precision.value}"
+        return base if self.prune is None else f"{base}+{prune_tag(self.prune)}"
 
     def to_dict(self) -> dict:
-        return {"runtime": self.runtime.value, "precision": self.precision.value, "scheme": self.scheme.to_dict()}
+        return {"runtime": self.runtime.value, "precision": self.precision.value, "scheme": self.scheme.to_dict(),
+                "prune": self.prune.to_dict() if self.prune else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
-        return cls(Runtime(d["runtime"]), Precision(d["precision"]), QuantScheme.from_dict(d["scheme"]))
+        prune = PruneSpec.from_dict(d["prune"]) if d.get("prune") else None
+        return cls(Runtime(d["runtime"]), Precision(d["precision"]), QuantScheme.from_dict(d["scheme"]), prune)
 
 
 @dataclass
@@ -100,13 +119,26 @@ class Plan:
 
 
 def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
-              precisions: list[Precision] | None = None, activations: Activations | None = None) -> Plan:
+              precisions: list[Precision] | None = None, activations: Activations | None = None,
+              pruned: dict | None = None) -> Plan:
     """Estimate every runtime × precision candidate for ``stats`` on ``profile``; nothing is built.
 
     ``runtimes``/``precisions`` restrict the space (``--format``/``--precision`` overrides); a
     restriction the profile does not allow is still listed, rejected with the reason. ``activations``
     sets how quantized candidates treat activations (dynamic by default; static = calibrated).
+    ``pruned`` maps PruneSpec -> the ModelStats of the model pruned that way; its candidates are added
+    (after every unpruned one) only when no unpruned candidate fits: pruning costs accuracy that
+    quantization alone does not.
     """
+    rows = _rows(stats, profile, runtimes, precisions, activations, None)
+    if pruned and not any(r.status is Status.FEASIBLE for r in rows):
+        for spec, pstats in pruned.items():
+            rows += _rows(pstats, profile, runtimes, precisions, activations, spec)
+    _order(rows, runtimes or list(profile.runtimes))
+    return Plan(stats.model_name, profile.name, rows, _context(stats, profile))
+
+
+def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | None) -> list[CandidateRow]:
     from edgeopt.packagers import PACKAGERS, available_runtimes
     from edgeopt.planner.cost import estimate, fit_reasons
 
@@ -117,7 +149,7 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
             scheme = default_scheme(precision)
             if activations is not None and scheme.is_quantized:
                 scheme = replace(scheme, activations=activations)
-            cand = Candidate(runtime, precision, scheme)
+            cand = Candidate(runtime, precision, scheme, prune)
             reasons = []
             if runtime not in profile.runtimes:
                 reasons.append(f"{runtime.value} not in the profile's runtimes ({', '.join(r.value for r in profile.runtimes)})")
@@ -132,8 +164,7 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
             est = estimate(stats, profile, runtime, precision)
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
-    _order(rows, runtimes or list(profile.runtimes))
-    return Plan(stats.model_name, profile.name, rows, _context(stats, profile))
+    return rows
 
 
 def _context(stats, profile) -> dict:
@@ -158,21 +189,24 @@ _RISK = {Precision.FP32: 0, Precision.FP16: 1, Precision.INT8: 2, Precision.INT4
 
 
 def _order(rows: list[CandidateRow], runtime_order: list[Runtime]) -> None:
-    """Feasible first; among them least accuracy risk, then estimated latency (ties: runtime preference)."""
+    """Feasible first; among them least accuracy risk (no pruning before pruning, shallow before deep; then
+    fp32 < fp16 < int8 < int4), then estimated latency (ties within SAME_SPEED: runtime preference)."""
     rank = {r: i for i, r in enumerate(runtime_order)}
-    fastest: dict[Precision, float] = {}
+    depth = {None: 0, **{spec: i + 1 for i, spec in enumerate(PRUNE_LADDER)}}
+    fastest: dict[tuple, float] = {}
     for r in rows:
         if r.status is Status.FEASIBLE and r.estimate:
-            p = r.candidate.precision
-            fastest[p] = min(fastest.get(p, float("inf")), r.estimate["latency_ms"])
+            k = (r.candidate.prune, r.candidate.precision)
+            fastest[k] = min(fastest.get(k, float("inf")), r.estimate["latency_ms"])
 
     def key(row: CandidateRow):
         latency = row.estimate["latency_ms"] if row.estimate else float("inf")
-        best = fastest.get(row.candidate.precision)
-        # tier 0: within SAME_SPEED of the fastest of this precision; later tiers by how much slower
+        best = fastest.get((row.candidate.prune, row.candidate.precision))
+        # tier 0: within SAME_SPEED of the fastest of this pruning depth and precision; later tiers by latency
         tier = 0 if best and latency <= best * SAME_SPEED else 1
-        return (row.status is not Status.FEASIBLE, _RISK[row.candidate.precision], tier,
-                rank.get(row.candidate.runtime, len(rank)) if tier == 0 else 0, latency)
+        return (row.status is not Status.FEASIBLE, depth.get(row.candidate.prune, len(depth)),
+                _RISK[row.candidate.precision], tier, rank.get(row.candidate.runtime, len(rank)) if tier == 0 else 0,
+                latency)
 
     rows.sort(key=key)
 
