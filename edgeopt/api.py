@@ -145,12 +145,15 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
     from edgeopt.errors import BundleError
 
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent if str(path.parent) else ".")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)  # a failed write leaves no temp file beside --out
         raise BundleError(f"{path}: cannot write the profile ({e.strerror or e}); pick a writable --out") from None
 
 

@@ -177,15 +177,6 @@ def _ridge_fit(rows: list[list[float]], targets: list[float], prior: list[float]
     return [float(t) for t in theta]
 
 
-@dataclass(frozen=True)
-class Fit:
-    """A runtime's fitted calibration plus how well it reproduces the points it came from."""
-
-    runtime: Runtime
-    calibration: Any  # RuntimeCalibration
-    points: int
-
-
 def fit_runtime(points: list[Point], base, runtime: Runtime):
     """Fit one runtime's ``RuntimeCalibration`` to its points (prior: ``base``'s current cost model)."""
     from edgeopt.planner.cost import RUNTIME_COSTS, prior_terms
