@@ -61,6 +61,7 @@ from edgeopt.quantize import Activations, Granularity, QuantScheme
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import torch
 
     from edgeopt.models import LoadedModel
 
@@ -333,12 +334,58 @@ def _convert(loaded: LoadedModel, example: tuple, path: Path) -> None:
 
     try:
         with torch.no_grad(), _quiet_progress():
-            edge_model = litert_torch.convert(loaded.module, tuple(example))
+            module = _without_broadcast_reshapes(loaded.module, tuple(example))
+            edge_model = litert_torch.convert(module, tuple(example))
             edge_model.export(str(path))
     except Exception as e:  # any converter failure becomes an ExportError naming the format
         op = re.search(r"aten\.[\w.]+", str(e))
         where = f" (op {op.group(0)})" if op else ""
         raise ExportError(f"tflite: litert-torch conversion failed{where}: {_first_line(e)}") from e
+
+
+def _without_broadcast_reshapes(module: torch.nn.Module, example: tuple) -> torch.nn.Module:
+    """``module``, or its exported graph with every expand-then-reshape written as a concatenation.
+
+    Works around a LiteRT converter bug (litert-torch 0.10, its TFL passes, not the stablehlo lowering):
+    ``unsqueeze → expand → reshape → transpose`` from a tensor whose leading dims are all 1 — transformers'
+    ``repeat_kv`` of a Llama/Qwen2 with ONE key/value head, then ``key.transpose(-1, -2)`` in attention —
+    becomes RESHAPE + BROADCAST_TO, the transpose lost: the keys are scrambled (a tiny Llama's logits off by
+    ~3e-3; in isolation the op is off by more than its own magnitude). Not XNNPACK (the reference kernels
+    agree), not fp16. With two key/value heads the same code converts exactly. ``cat`` of the copies is the
+    same tensor an expand followed by a reshape materializes, and converts exactly (to 1e-7). Graphs
+    without the pattern convert from the module itself, as before; finding out costs one torch.export
+    (~3 s for MiniLM here, next to 20-40 s of conversion). Reproduce the bug without edgeopt:
+    ``litert_torch.convert(m, (k,))`` of ``m(k) = repeat_kv(k, 4).transpose(-1, -2)``, k of shape (1, 1, 32, 8).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    reshapes = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+    exported = torch.export.export(module, example)
+    gm = exported.module()
+    graph, rewritten = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.expand.default or not node.users:
+            continue
+        if not all(u.op == "call_function" and u.target in reshapes for u in node.users):
+            continue
+        src = node.args[0]
+        before, after = tuple(src.meta["val"].shape), tuple(node.meta["val"].shape)
+        if len(before) != len(after):
+            continue
+        x = src
+        with graph.inserting_before(node):
+            for dim, (a, b) in enumerate(zip(before, after)):
+                if a == 1 and b != 1:
+                    x = graph.call_function(aten.cat.default, ([x] * int(b), dim))
+        node.replace_all_uses_with(x)
+        graph.erase_node(node)
+        rewritten += 1
+    if not rewritten:
+        return module
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
 @contextlib.contextmanager

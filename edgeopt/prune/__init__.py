@@ -115,7 +115,7 @@ class PruneSpec:
         return {"width_ratio": self.width_ratio, "drop_blocks": self.drop_blocks, "head_ratio": self.head_ratio}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PruneSpec":
+    def from_dict(cls, d: dict) -> PruneSpec:
         return cls(width_ratio=d["width_ratio"], drop_blocks=d["drop_blocks"], head_ratio=d.get("head_ratio"))
 
 
@@ -182,7 +182,7 @@ class LayerReport:
                 "ffn_channels": self.ffn_channels}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerReport":
+    def from_dict(cls, d: dict) -> LayerReport:
         return cls(d["block"], tuple(d["heads"]), tuple(d["kv_heads"]), d["ffn_channels"])
 
 
@@ -206,8 +206,8 @@ class PruneReport:
     layers: tuple[LayerReport, ...]
     notes: tuple[str, ...]
     calibration_samples: int
-    fidelity_before: "Fidelity"
-    fidelity_after: "Fidelity | None" = None
+    fidelity_before: Fidelity
+    fidelity_after: Fidelity | None = None
     recovery_seconds: float = 0.0
     recovery_steps: int = 0
     prune_seconds: float = 0.0
@@ -217,7 +217,7 @@ class PruneReport:
         return self.params_after / self.params_before
 
     @property
-    def fidelity(self) -> "Fidelity":
+    def fidelity(self) -> Fidelity:
         """The fidelity of the model this report describes (after recovery when there was one)."""
         return self.fidelity_after or self.fidelity_before
 
@@ -253,7 +253,7 @@ class PruneReport:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PruneReport":
+    def from_dict(cls, d: dict) -> PruneReport:
         from edgeopt.verify import Fidelity
 
         return cls(
@@ -284,7 +284,7 @@ class PruneResult:
     ``kept_channels`` maps each kept block (original index) to the FFN channels it kept (original indices).
     """
 
-    loaded: "LoadedModel"
+    loaded: LoadedModel
     report: PruneReport
     kept_channels: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False)
     source_dir: Path | None = None
@@ -321,7 +321,7 @@ class PruneResult:
         return out
 
 
-def prune(loaded: "LoadedModel", spec: PruneSpec, calibration: list[tuple] | None = None, *,
+def prune(loaded: LoadedModel, spec: PruneSpec, calibration: list[tuple] | None = None, *,
           recover_seconds: float = 0.0, eval_inputs: list[tuple] | None = None) -> PruneResult:
     """Prune ``loaded`` to ``spec`` and measure what it cost; ``loaded`` itself is not modified.
 
@@ -442,7 +442,7 @@ def _params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() counts a tied weight once
 
 
-def _source_dir(loaded: "LoadedModel") -> Path | None:
+def _source_dir(loaded: LoadedModel) -> Path | None:
     """The directory the model was loaded from, for the sentence-transformers files beside its weights."""
     path = Path(loaded.source)
     if path.is_dir():

@@ -9,6 +9,14 @@ Heads are pruned only where the config can describe fewer heads at the same head
 carry ``head_dim``; BERT and GPT-2 derive the head size as ``hidden_size / num_attention_heads``, so a
 BertModel or GPT2 model with fewer heads cannot be written as a config and read back. Those families
 are width-pruned in their FFN only (two thirds of a block's weights).
+
+Checked in transformers 5.24's source: the 4.x escape hatch is gone — no ``PreTrainedModel.prune_heads``,
+no ``config.pruned_heads``, no ``find_pruneable_heads_and_indices`` (none of the three appears anywhere in
+the package). ``BertSelfAttention`` builds query/key/value as ``Linear(hidden, heads × int(hidden / heads))``
+and ``BertSelfOutput.dense`` as ``Linear(hidden, hidden)``; ``GPT2Attention`` builds ``c_attn`` as
+``Conv1D(3 × n_embd, n_embd)`` and ``c_proj`` as ``Conv1D(n_embd, n_embd)``; neither config has a
+``head_dim``. A model with fewer heads runs in memory (the forward infers the head count from the
+projection width) and exports, but from_pretrained rebuilds the full width and fails on the size mismatch.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ _BERT = Arch(
     attn=None,
     layers_key="num_hidden_layers",
     ffn_key="intermediate_size",
-    heads_reason="BertConfig derives the head size as hidden_size / num_attention_heads, so fewer heads "
-    "cannot be described by the config",
+    heads_reason="BertConfig derives the head size as hidden_size / num_attention_heads and transformers 5 "
+    "removed config.pruned_heads, so fewer heads cannot be described by a config that from_pretrained reads",
 )
 _LLAMA = Arch(
     label="Llama / Qwen2 (…ForCausalLM, …Model)",
@@ -66,8 +74,9 @@ _GPT2 = Arch(
     layers_key="n_layer",
     ffn_key="n_inner",
     conv1d=True,
-    heads_reason="GPT2Config derives the head size as n_embd / n_head (and fuses q, k, v in c_attn), so "
-    "fewer heads cannot be described by the config",
+    heads_reason="GPT2Config derives the head size as n_embd / n_head (and fuses q, k, v in c_attn) and "
+    "transformers 5 removed config.pruned_heads, so fewer heads cannot be described by a config that "
+    "from_pretrained reads",
 )
 ARCHS: dict[str, Arch] = {"bert": _BERT, "llama": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
 
@@ -109,12 +118,12 @@ def head_layout(config: Any) -> tuple[int, int, int]:
     return heads, kv, head_dim
 
 
-def out_weight_columns(arch: Arch, module: Any) -> "torch.Tensor":
+def out_weight_columns(arch: Arch, module: Any) -> torch.Tensor:
     """The ffn_out / o_proj weight as [out, in], whatever the layer type stores."""
     return module.weight.t() if arch.conv1d else module.weight
 
 
-def in_weight_rows(arch: Arch, module: Any) -> "torch.Tensor":
+def in_weight_rows(arch: Arch, module: Any) -> torch.Tensor:
     """An input projection's weight as [out, in]."""
     return module.weight.t() if arch.conv1d else module.weight
 
@@ -122,7 +131,7 @@ def in_weight_rows(arch: Arch, module: Any) -> "torch.Tensor":
 # --- surgery ----------------------------------------------------------------------------------
 
 
-def _keep_out(arch: Arch, layer: Any, idx: "torch.Tensor") -> Any:
+def _keep_out(arch: Arch, layer: Any, idx: torch.Tensor) -> Any:
     """A copy of ``layer`` with only the output channels ``idx``."""
     import torch
 
@@ -141,7 +150,7 @@ def _keep_out(arch: Arch, layer: Any, idx: "torch.Tensor") -> Any:
         return new
 
 
-def _keep_in(arch: Arch, layer: Any, idx: "torch.Tensor") -> Any:
+def _keep_in(arch: Arch, layer: Any, idx: torch.Tensor) -> Any:
     """A copy of ``layer`` reading only the input channels ``idx``."""
     import torch
 
@@ -160,14 +169,14 @@ def _keep_in(arch: Arch, layer: Any, idx: "torch.Tensor") -> Any:
         return new
 
 
-def keep_ffn_channels(arch: Arch, block: Any, idx: "torch.Tensor") -> None:
+def keep_ffn_channels(arch: Arch, block: Any, idx: torch.Tensor) -> None:
     """Keep FFN channels ``idx`` (sorted) of one block, in place."""
     for path in arch.ffn_in:
         _set(block, path, _keep_out(arch, get(block, path), idx))
     _set(block, arch.ffn_out, _keep_in(arch, get(block, arch.ffn_out), idx))
 
 
-def keep_kv_groups(arch: Arch, block: Any, groups: "torch.Tensor", layout: tuple[int, int, int]) -> None:
+def keep_kv_groups(arch: Arch, block: Any, groups: torch.Tensor, layout: tuple[int, int, int]) -> None:
     """Keep the key/value heads ``groups`` (sorted) of one Llama-family block and the query heads that read them.
 
     transformers' ``repeat_kv`` serves query heads ``g*r .. g*r+r-1`` from key/value head ``g``

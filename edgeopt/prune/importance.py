@@ -32,12 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
 class Scores:
     """Per block: channel scores, group scores (None where heads are not prunable), angular distance."""
 
-    ffn: list["torch.Tensor"]
-    groups: list["torch.Tensor"] | None
+    ffn: list[torch.Tensor]
+    groups: list[torch.Tensor] | None
     block_angles: list[float] | None
 
 
-def activation_scores(loaded: "LoadedModel", arch: archs.Arch, calibration: list[tuple]) -> Scores:
+def activation_scores(loaded: LoadedModel, arch: archs.Arch, calibration: list[tuple]) -> Scores:
     """Run ``calibration`` through the unpruned model once and score channels, groups and blocks."""
     import torch
 
@@ -114,7 +114,7 @@ def activation_scores(loaded: "LoadedModel", arch: archs.Arch, calibration: list
     return Scores(ffn=ffn, groups=groups, block_angles=[a / count for a in angle_sum])
 
 
-def magnitude_scores(loaded: "LoadedModel", arch: archs.Arch) -> Scores:
+def magnitude_scores(loaded: LoadedModel, arch: archs.Arch) -> Scores:
     """Data-free scores from weight norms (depth is left to position: ``block_angles`` is None)."""
     import torch
 
@@ -137,7 +137,7 @@ def magnitude_scores(loaded: "LoadedModel", arch: archs.Arch) -> Scores:
     return Scores(ffn=ffn, groups=groups, block_angles=None)
 
 
-def top(scores: "torch.Tensor", keep: int) -> "torch.Tensor":
+def top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the ``keep`` highest scores, ascending (ties go to the lower index)."""
     import torch
 

@@ -10,8 +10,9 @@ model's parameters, were not pruned, and training them on a few hundred tokens o
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgeopt.models import LoadedModel
@@ -30,7 +31,7 @@ class Recovery:
     last_loss: float | None
 
 
-def fidelity(reference: list[list[Any]], loaded: "LoadedModel", inputs: Sequence[tuple], *, decoder: bool) -> "Fidelity":
+def fidelity(reference: list[list[Any]], loaded: LoadedModel, inputs: Sequence[tuple], *, decoder: bool) -> Fidelity:
     """Outputs of ``loaded`` on ``inputs`` against ``reference`` (the unpruned model's, as numpy)."""
     import torch
 
@@ -41,7 +42,7 @@ def fidelity(reference: list[list[Any]], loaded: "LoadedModel", inputs: Sequence
     return compare(reference, outputs, loaded.output_names, reference_name="unpruned fp32", logits=decoder)
 
 
-def reference_outputs(loaded: "LoadedModel", inputs: Sequence[tuple]) -> list[list[Any]]:
+def reference_outputs(loaded: LoadedModel, inputs: Sequence[tuple]) -> list[list[Any]]:
     import torch
 
     with torch.no_grad():
@@ -80,7 +81,7 @@ def _loss(student_out, teacher_out, mask, *, decoder: bool):
     return mse + (1.0 - cos).mean()
 
 
-def distill(teacher: "LoadedModel", student: "LoadedModel", calibration: Sequence[tuple], seconds: float,
+def distill(teacher: LoadedModel, student: LoadedModel, calibration: Sequence[tuple], seconds: float,
             *, decoder: bool) -> Recovery:
     """Train ``student`` (in place) towards ``teacher`` on ``calibration`` for at most ``seconds``.
 
