@@ -287,8 +287,15 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
     con.line(f"bundle: {result.bundle_path}")
     con.line(f"  {art['file']}: {art['runtime']} {art['precision']} ({art['scheme']['description']}), "
              f"{art['bytes'] / MB:.1f} MB")
-    con.line(f"  fidelity vs fp32 on {fid['samples']} held-out inputs: mean cosine {fid['mean_cosine']:.4f}, "
-             f"worst {fid['min_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
+    if fid.get("perplexity") is not None:  # a decoder LM
+        lm = art.get("lm") or {}
+        con.line(f"  KV cache {lm.get('context_len')} tokens, prompt (prefill) {lm.get('prompt_len')} tokens")
+        con.line(f"  quality vs fp32 on {fid['samples']} held-out windows: perplexity {fid['perplexity']:.3f} vs "
+                 f"{fid['reference_perplexity']:.3f} (x{fid['perplexity_ratio']:.4f}), KL {fid['kl']:.4f} nats/token, "
+                 f"greedy tokens {fid['greedy_agreement']:.0%} equal")
+    else:
+        con.line(f"  fidelity vs fp32 on {fid['samples']} held-out inputs: mean cosine {fid['mean_cosine']:.4f}, "
+                 f"worst {fid['min_cosine']:.4f}, SQNR {fid['sqnr_db']:.1f} dB")
     if m.get("pruning"):
         pr = m["pruning"]
         con.line(f"  pruned: {pr.get('summary')} (fidelity of the pruned fp32 model vs the original)")
@@ -319,6 +326,26 @@ def _print_side_by_side(con, bundle_path, manifest: dict) -> None:
                      f"{dele['share']:.0%}" if "share" in dele else "-", r.get("reason") or ""])
     con.table("all formats (host latency: p50 ms on this machine)",
               ["runtime", "precision", "status", "size MB", "cosine", "p50 ms", "delegated", "reason"], rows)
+
+
+# --- demo LM -----------------------------------------------------------------------------------
+
+
+@cli.command("demo-lm")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Copy the model here (default: print where the cached model is).")
+@click.option("--force", is_flag=True, help="Train again even when a cached model exists.")
+def demo_lm(out: str | None, force: bool) -> None:
+    """Train (once, then cached) the tiny Llama on the text edgeopt ships; print its directory.
+
+    Use it as a decoder LM that means something: edgeopt package --model DIR --profile arm-mobile
+    """
+    from edgeopt.lm.tinylm import build_tiny_lm
+
+    con = _console(uses_torch=True)
+    with con.working("tiny LM"):
+        path = build_tiny_lm(Path(out) if out else None, force=force, say=con.progress)
+    con.line(str(path))
 
 
 # --- bench -------------------------------------------------------------------------------------

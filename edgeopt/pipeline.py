@@ -89,7 +89,9 @@ def package(profile, model: str | None = None, *, out: Path = Path("dist"), runt
     target = bundle_dir(Path(out), loaded.name, profile.name)
     protected = (Path(loaded.source),) if Path(loaded.source).exists() else ()
     with BundleWriter(target, force=force, protected=protected) as writer:
-        data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds)
+        data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds, threads=profile.compute.threads)
+        if _is_lm(loaded):
+            data.prepare_lm(loaded, shapes, say)
         work = writer.staging / ".work"
         built = [_build_first_passing(plan, loaded, profile, data, work, say)]
         side_by_side = None
@@ -118,8 +120,7 @@ def _build_other_formats(chosen: Built, loaded, profile, data: "_Data", work: Pa
         try:
             packager.check_available()
             say(f"export: {runtime.value}/{scheme.precision.value} (--all-formats)")
-            artifact = packager.export(loaded, scheme, work / f"all-{runtime.value}", shapes=data.shapes,
-                                       calibration=data.calibration)
+            artifact = _export(packager, runtime, loaded, scheme, work / f"all-{runtime.value}", data)
             say(f"verify: {runtime.value}/{scheme.precision.value} in {runtime.value}")
             fidelity, expected = _verify(packager, artifact, loaded, data)
         except EdgeoptError as e:
@@ -150,11 +151,15 @@ def _side_row(runtime: Runtime, scheme, status: str, built: Built | None, reason
 class _Data:
     """Samples and fp32 reference outputs, computed once and shared by every attempt."""
 
-    def __init__(self, loaded, batch: int, seq_len: int, recover_seconds: float = 0.0):
+    def __init__(self, loaded, batch: int, seq_len: int, recover_seconds: float = 0.0, threads: int = 1):
+        import os
+
         import torch
 
         self.shapes = (batch, seq_len)
         self.recover_seconds = recover_seconds
+        self.threads = max(1, min(threads, os.cpu_count() or 1))
+        self.lm = None  # quality.LMData for decoder LMs (prepare_lm)
         self._pruned: dict = {}
         self.eval = loaded.sample_inputs(EVAL_SAMPLES, batch=batch, seq_len=seq_len, split="eval")
         self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
@@ -162,6 +167,15 @@ class _Data:
             self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
         self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
         self._sensitivity: dict = {}
+
+    def prepare_lm(self, loaded, shapes, say: Progress) -> None:
+        """Held-out windows and prompts with the fp32 model's logits and greedy tokens, for the LM gate."""
+        from edgeopt.lm import quality
+        from edgeopt.packagers.lm import lm_lengths
+
+        prompt_len, context_len = lm_lengths(loaded.config, shapes.seq_len, shapes.context_len)
+        say(f"verify: fp32 reference on held-out text (prompt {prompt_len} tokens, KV cache {context_len})")
+        self.lm = quality.prepare(loaded, prompt_len=prompt_len, context_len=context_len)
 
     def sensitivity(self, loaded):
         if id(loaded.module) not in self._sensitivity:
@@ -208,8 +222,8 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
             attempt_scheme = scheme.with_keep_float(keep) if keep else scheme
             say(f"export: {row.candidate.key} ({attempt_scheme.describe()})")
             try:
-                artifact = packager.export(loaded, attempt_scheme, work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}",
-                                           shapes=data.shapes, calibration=data.calibration)
+                artifact = _export(packager, row.candidate.runtime, loaded, attempt_scheme,
+                                   work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}", data)
             except UnsupportedError as e:
                 _reject(row, str(e))
                 break
@@ -286,8 +300,30 @@ def _keep_float_schedule(data: _Data, loaded, scheme) -> Iterator[tuple[str, ...
         yield tuple(ranked[:k])
 
 
+def _is_lm(loaded) -> bool:
+    """A transformers causal LM: packaged with its KV cache and gated on perplexity and KL."""
+    from edgeopt.models import Family
+
+    return loaded.family is Family.DECODER and loaded.config is not None and hasattr(loaded.module, "model")
+
+
+def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data):
+    """The artifact for one attempt: the KV-cache LM export for decoder LMs, else the packager's export."""
+    if data.lm is None:
+        return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
+    from edgeopt.packagers.lm import export_lm
+
+    return export_lm(runtime, loaded, scheme, work, prompt_len=data.lm.prompt_len, context_len=data.lm.context_len)
+
+
 def _verify(packager, artifact, loaded, data: _Data):
     from edgeopt.verify import compare
+
+    if data.lm is not None:
+        from edgeopt.lm import quality
+
+        session = quality.open_session(artifact.runtime.value, artifact.path, artifact.details["lm"], data.threads)
+        return quality.measure(session, data.lm)
 
     outputs = packager.run(artifact, data.eval_np)
     fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
@@ -295,6 +331,10 @@ def _verify(packager, artifact, loaded, data: _Data):
 
 
 def _misses(fidelity, tol) -> str | None:
+    if fidelity.perplexity is not None:
+        from edgeopt.lm import quality
+
+        return quality.misses(fidelity, tol)
     if not fidelity.finite:
         return "outputs contain NaN or Inf"
     if fidelity.mean_cosine < tol.min_cosine:
@@ -305,12 +345,24 @@ def _misses(fidelity, tol) -> str | None:
 
 
 def _attempts_reason(row: CandidateRow, tol) -> str:
-    parts = []
+    parts, lm = [], False
     for a in row.attempts:
         kept = len(a["scheme"]["keep_float"])
-        cos = a["fidelity"]["mean_cosine"]
+        fid = a["fidelity"]
+        cos = fid["mean_cosine"]
         label = f"{kept} layers float" if kept else "as planned"
-        parts.append(f"{label}: cosine {cos:.4f}" if cos is not None else f"{label}: NaN/Inf outputs")
+        if "perplexity" in fid:
+            lm = True
+            ratio = fid.get("perplexity_ratio")
+            parts.append(f"{label}: perplexity x{ratio:.4f}, KL {fid['kl']:.4f}" if ratio is not None
+                         else f"{label}: NaN/Inf outputs")
+        else:
+            parts.append(f"{label}: cosine {cos:.4f}" if cos is not None else f"{label}: NaN/Inf outputs")
+    if lm:
+        limits = [f"max_perplexity_ratio {tol.max_perplexity_ratio}" if tol.max_perplexity_ratio is not None else "",
+                  f"max_kl {tol.max_kl}" if tol.max_kl is not None else ""]
+        what = " / ".join(x for x in limits if x) or f"min_cosine {tol.min_cosine}"
+        return f"measured LM quality misses {what} ({'; '.join(parts)})"
     return f"measured fidelity below min_cosine {tol.min_cosine} ({'; '.join(parts)})"
 
 
@@ -384,6 +436,9 @@ def _write_inputs(path: Path, loaded, data: _Data, built: list[Built]) -> None:
     """inputs.npz: input.<name> [K, ...], reference.<output> (fp32 model), expected.<output> per artifact."""
     import numpy as np
 
+    if data.lm is not None:
+        np.savez(path, **_lm_arrays(data, built))
+        return
     k = min(PARITY_SAMPLES, len(data.eval_np))
     arrays = {}
     for i, name in enumerate(loaded.input_names):
@@ -394,6 +449,22 @@ def _write_inputs(path: Path, loaded, data: _Data, built: list[Built]) -> None:
             key = f"expected.{name}" if n == 0 else f"expected.{b.artifact.path.name}.{name}"
             arrays[key] = np.stack([np.asarray(e[j]) for e in b.expected[:k]])
     np.savez(path, **arrays)
+
+
+def _lm_arrays(data: _Data, built: list[Built]) -> dict:
+    """inputs.npz of an LM bundle: held-out windows and prompts, the fp32 model's mean NLL per window and
+    greedy tokens (reference.*), and each artifact's own on the host (expected.*, suffixed by file after the first)."""
+    import numpy as np
+
+    lm = data.lm
+    arrays = {"lm.windows": np.stack(lm.windows), "lm.prompts": np.stack(lm.prompts),
+              "reference.nll": np.asarray(lm.reference_nll, dtype=np.float64),
+              "reference.tokens": np.stack(lm.reference_tokens)}
+    for n, b in enumerate(built):
+        suffix = "" if n == 0 else f".{b.artifact.path.name}"
+        arrays[f"expected{suffix}.nll"] = np.asarray(b.expected.nll, dtype=np.float64)
+        arrays[f"expected{suffix}.tokens"] = np.stack(b.expected.tokens)
+    return arrays
 
 
 def _copy_runners(staging: Path, runtimes: list[Runtime]) -> None:
@@ -427,4 +498,5 @@ def _artifact_entry(staging: Path, b: Built) -> dict:
         "extra_files": [p.name for p in art.extra_files],
         "details": art.details,
         "build_seconds": round(art.build_seconds, 2),
+        **({"lm": art.details["lm"]} if "lm" in (art.details or {}) else {}),
     }

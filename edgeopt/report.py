@@ -21,10 +21,19 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
             f"{est['peak_ram_bytes'] / MB:.0f}" if est else "-",
             f"{est['latency_ms']:.1f}" if est else "-",
             r["status"],
-            f"{fid['mean_cosine']:.4f}" if fid and fid.get("mean_cosine") is not None else "-",
+            _fidelity_cell(fid),
             "; ".join(r.get("reasons", [])),
         ])
     return rows
+
+
+def _fidelity_cell(fid: dict | None) -> str:
+    """The cosine column: mean cosine; for decoder LMs perplexity ratio and KL."""
+    if not fid:
+        return "-"
+    if fid.get("perplexity_ratio") is not None:
+        return f"ppl x{fid['perplexity_ratio']:.3f} KL {fid['kl']:.3f}"
+    return f"{fid['mean_cosine']:.4f}" if fid.get("mean_cosine") is not None else "-"
 
 
 def _prune_suffix(prune: dict | None) -> str:
@@ -37,6 +46,14 @@ def _prune_suffix(prune: dict | None) -> str:
 
 
 PLAN_HEADER = ["#", "candidate", "size MB", "RAM MB", "est ms", "status", "cosine", "reason"]
+
+
+def _fidelity_target(ctx: dict) -> str:
+    if ctx.get("family") == "decoder" and (ctx.get("max_perplexity_ratio") or ctx.get("max_kl")):
+        parts = [f"perplexity <= x{ctx['max_perplexity_ratio']:g}" if ctx.get("max_perplexity_ratio") else "",
+                 f"KL <= {ctx['max_kl']:g} nats/token" if ctx.get("max_kl") else ""]
+        return " and ".join(p for p in parts if p) + " on held-out text (prefill + decode through the KV cache)"
+    return f"mean cosine >= {ctx['min_cosine']:g}"
 
 
 def plan_explanation(plan_dict: dict) -> list[str]:
@@ -53,7 +70,7 @@ def plan_explanation(plan_dict: dict) -> list[str]:
     lines = [
         f"profile {plan_dict['profile']}: RAM <= {ctx['model_ram_mb']} MB, storage <= {ctx['model_storage_mb']} MB, "
         f"precisions {', '.join(ctx['precisions'])}, runtimes {', '.join(ctx['runtimes'])}; {target}; "
-        f"fidelity: mean cosine >= {ctx['min_cosine']:g} vs fp32.",
+        f"fidelity: {_fidelity_target(ctx)} vs fp32.",
         f"estimates at {shape}, {ctx['threads']} threads: size = artifact file, RAM = peak resident memory of the "
         f"runtime's runner with the model loaded, est ms = p50 latency. Source: {source}.",
         "order (#): candidates that fit are built and verified top to bottom, least accuracy risk first "
@@ -102,12 +119,32 @@ def bundle_report(manifest: dict) -> str:
         f"Chosen: **{art['runtime']} / {art['precision']}** — {art['scheme']['description']}; "
         f"{art['bytes'] / MB:.1f} MB.",
         "",
-        "## Fidelity (held-out inputs, against the fp32 PyTorch model)",
-        "",
-        f"- mean cosine {fid['mean_cosine']:.5f}, worst sample {fid['min_cosine']:.5f} (tolerance: mean ≥ "
-        f"{prof['targets']['fidelity']['min_cosine']})",
-        f"- SQNR {fid['sqnr_db']:.1f} dB, max abs error {fid['max_abs_err']:.3g}, {fid['samples']} samples",
-        "",
+    ]
+    if fid.get("perplexity") is not None:
+        tol, lm = prof["targets"]["fidelity"], art.get("lm") or {}
+        lines += [
+            "## Quality (held-out text, against the fp32 PyTorch model)",
+            "",
+            f"- KV cache {lm.get('context_len')} tokens; each of {fid['samples']} held-out windows is prefilled for "
+            f"{lm.get('prompt_len')} tokens, then decoded one token at a time, in the artifact's runtime",
+            f"- perplexity {fid['perplexity']:.4f} vs fp32 {fid['reference_perplexity']:.4f}: "
+            f"x{fid['perplexity_ratio']:.4f} (limit x{tol.get('max_perplexity_ratio')})",
+            f"- KL(fp32 || artifact) {fid['kl']:.5f} nats/token (limit {tol.get('max_kl')})",
+            f"- greedy decoding from held-out prompts: {fid['greedy_agreement']:.1%} of tokens equal to fp32's, "
+            f"identical for the first {fid['greedy_prefix']:.1f} tokens on average",
+            f"- logits: mean cosine {fid['mean_cosine']:.5f}, top-1 agreement {fid['top1_agreement']:.1%}",
+            "",
+        ]
+    else:
+        lines += [
+            "## Fidelity (held-out inputs, against the fp32 PyTorch model)",
+            "",
+            f"- mean cosine {fid['mean_cosine']:.5f}, worst sample {fid['min_cosine']:.5f} (tolerance: mean ≥ "
+            f"{prof['targets']['fidelity']['min_cosine']})",
+            f"- SQNR {fid['sqnr_db']:.1f} dB, max abs error {fid['max_abs_err']:.3g}, {fid['samples']} samples",
+            "",
+        ]
+    lines += [
         "## Estimates for the profile's device",
         "",
     ]

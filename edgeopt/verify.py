@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 SQNR_CAP_DB = 200.0
+_LM_KEYS = ("perplexity", "reference_perplexity", "kl", "greedy_agreement", "greedy_prefix")
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,42 @@ class Fidelity:
     top1_agreement: float | None = None
     finite: bool = True
     outputs: tuple[OutputFidelity, ...] = field(default_factory=tuple)
+    # Decoder LMs only (None otherwise): measured on held-out text through the artifact's KV-cache session.
+    perplexity: float | None = None  # the artifact's, exp(mean NLL) over every predicted token
+    reference_perplexity: float | None = None  # the fp32 model's on the same tokens
+    kl: float | None = None  # mean per-token KL(fp32 || artifact), nats
+    greedy_agreement: float | None = None  # fraction of greedy tokens equal to the fp32 model's
+    greedy_prefix: float | None = None  # mean length of the identical greedy prefix, tokens
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        if self.perplexity is None or not self.reference_perplexity:
+            return None
+        return self.perplexity / self.reference_perplexity
 
     def to_dict(self) -> dict:
         d = {k: _json_float(v) for k, v in self.__dict__.items() if k != "outputs"}
         d["outputs"] = [o.to_dict() for o in self.outputs]
+        if self.perplexity is None:  # an encoder: no LM keys
+            for k in _LM_KEYS:
+                d.pop(k, None)
+        else:
+            d["perplexity_ratio"] = _json_float(self.perplexity_ratio)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fidelity":
         outs = tuple(OutputFidelity(**o) for o in d.get("outputs", []))
-        return cls(**{k: v for k, v in d.items() if k != "outputs"}, outputs=outs)
+        return cls(**{k: v for k, v in d.items() if k not in ("outputs", "perplexity_ratio")}, outputs=outs)
 
     def summary(self) -> str:
-        """``cosine 0.9931 (worst 0.9871), SQNR 21.3 dB``"""
+        """``cosine 0.9931 (worst 0.9871), SQNR 21.3 dB``; for LMs perplexity, KL and greedy agreement first."""
         if not self.finite:
             return "outputs contain NaN or Inf"
+        if self.perplexity is not None:
+            return (f"perplexity {self.perplexity:.3f} vs fp32 {self.reference_perplexity:.3f} "
+                    f"(x{self.perplexity_ratio:.4f}), KL {self.kl:.4f}, greedy tokens {self.greedy_agreement:.0%} "
+                    f"equal, logits cosine {self.mean_cosine:.4f}")
         s = f"cosine {self.mean_cosine:.4f} (worst {self.min_cosine:.4f}), SQNR {self.sqnr_db:.1f} dB"
         if self.top1_agreement is not None:
             s += f", top-1 {self.top1_agreement:.1%}"

@@ -60,6 +60,9 @@ def _estimate_for(result: BenchResult, manifest: dict[str, Any]) -> dict[str, An
 
 
 def _typical_latency(result: BenchResult) -> tuple[float | None, str | None]:
+    gen = result.raw.get("generation")
+    if gen:  # a decoder LM: the estimate is a forward at the profile's seq_len, i.e. the prompt's prefill
+        return gen["ttft_ms"], "time to first token (median prefill of the prompt)"
     if result.latency_ms is not None:
         return result.latency_ms["p50"], "p50"
     mean = _native_reported(result, "mean")
@@ -67,6 +70,9 @@ def _typical_latency(result: BenchResult) -> tuple[float | None, str | None]:
 
 
 def _tail_latency(result: BenchResult) -> tuple[float | None, str]:
+    gen = result.raw.get("generation")
+    if gen:
+        return gen["ttft_ms"], "time to first token (median prefill of the prompt)"
     if result.latency_ms is not None:
         return result.latency_ms["p90"], "p90"
     mean = _native_reported(result, "mean")

@@ -208,8 +208,22 @@ def format_table(result: BenchResult) -> str:
     else:
         rows.append(("latency p50/p90/p99", "-"))
     rows.append(("peak RSS", "-" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.1f} MB"))
+    gen, quality = result.raw.get("generation"), result.raw.get("lm_quality")
+    if gen:  # a decoder LM: latency above is per decode step
+        rows[-2] = ("decode step p50/p90/p99", rows[-2][1])
+        rows[3] = ("time to first token", _ms(gen["ttft_ms"]) + f"  (prompt {gen['prompt_tokens']} tokens)")
+        rows.append(("tokens/s", f"prefill {_rate(gen['prefill_tokens_per_s'])}, decode {_rate(gen['decode_tokens_per_s'])}"
+                                 f"  ({gen['generations']} generations of {gen['new_tokens']} tokens)"))
+    if quality:
+        host = quality["host_greedy_agreement"]
+        rows.append(("LM vs fp32", f"perplexity {quality['perplexity']:.3f} vs {quality['reference_perplexity']:.3f} "
+                                   f"(x{quality['perplexity_ratio']:.4f}), greedy tokens "
+                                   f"{quality['greedy_agreement']:.0%} equal"
+                                   + (f" ({host:.0%} equal to the host's)" if host is not None else "")))
     par = result.parity
-    if par is not None:
+    if quality:
+        pass
+    elif par is not None:
         rows.append(("parity vs fp32", f"min cosine {par['min_cosine']:.6f}, max abs err {par['max_abs_err']:.3g}"
                                        f"  ({par['samples']} samples)"))
     else:
@@ -217,6 +231,10 @@ def format_table(result: BenchResult) -> str:
     rows.append(("valid", "yes" if result.valid else f"NO: {result.invalid_reason}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _ms(value: float | None) -> str:

@@ -143,6 +143,7 @@ def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | 
     from edgeopt.planner.cost import estimate, fit_reasons
 
     have = set(available_runtimes())
+    lm = stats.family == "decoder" and stats.num_layers is not None  # packaged with its KV cache
     rows = []
     for runtime in runtimes or list(profile.runtimes):
         for precision in precisions or list(Precision):
@@ -156,15 +157,38 @@ def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | 
             if runtime not in have:
                 reasons.append(f"no {runtime.value} packager in this edgeopt version")
             else:
-                caps = PACKAGERS.get(runtime.value).capabilities
-                if precision not in caps.precisions:
+                caps = _lm_capabilities(runtime) if lm else PACKAGERS.get(runtime.value).capabilities
+                if caps is None:
+                    reasons.append(f"{runtime.value} packager cannot build decoder LMs with a KV cache")
+                elif precision not in caps.precisions:
                     reasons.append(caps.notes.get(precision, f"{runtime.value} packager cannot build {precision.value}"))
                 elif scheme.activations not in caps.activations:
                     reasons.append(f"{runtime.value} packager cannot build {scheme.activations.value} activations")
             est = estimate(stats, profile, runtime, precision)
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
-            rows.append(CandidateRow(cand, est.to_dict(), Status.REJECTED if reasons else Status.FEASIBLE, reasons))
+            est_dict = est.to_dict()
+            if lm:
+                step = estimate(_decode_step(stats), profile, runtime, precision).latency_ms
+                est_dict["decode_ms"] = step
+                est_dict["decode_tokens_per_s"] = 1000.0 / step if step > 0 else None
+            rows.append(CandidateRow(cand, est_dict, Status.REJECTED if reasons else Status.FEASIBLE, reasons))
     return rows
+
+
+def _decode_step(stats):
+    """``stats`` for one decode step: one token through every layer (FLOPs per token of the prefill), plus
+    attention over a full KV cache (QK and AV: 4 x layers x hidden x context FLOPs)."""
+    per_token = stats.flops / max(stats.seq_len * stats.batch, 1)
+    attention = 4 * (stats.num_layers or 0) * (stats.hidden_size or 0) * (stats.context_len or stats.seq_len)
+    return replace(stats, flops=int((per_token + attention) * stats.batch), seq_len=1,
+                   activation_peak_bytes=stats.activation_peak_bytes // max(stats.seq_len, 1))
+
+
+def _lm_capabilities(runtime: Runtime):
+    """What ``runtime``'s decoder-LM (KV-cache) export can build; None when it has none."""
+    from edgeopt.packagers.lm import lm_capabilities
+
+    return lm_capabilities(runtime)
 
 
 def _context(stats, profile) -> dict:
@@ -176,7 +200,8 @@ def _context(stats, profile) -> dict:
         "precisions": [p.value for p in profile.limits.precisions],
         "runtimes": [r.value for r in profile.runtimes],
         "latency_ms": profile.targets.latency_ms, "threads": profile.compute.threads,
-        "min_cosine": fid.min_cosine, "batch": stats.batch, "seq_len": stats.seq_len,
+        "min_cosine": fid.min_cosine, "max_perplexity_ratio": fid.max_perplexity_ratio, "max_kl": fid.max_kl,
+        "batch": stats.batch, "seq_len": stats.seq_len,
         "context_len": stats.context_len, "family": stats.family,
         "calibrated": cal.source if cal else None,
     }

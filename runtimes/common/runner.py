@@ -85,6 +85,8 @@ def parse_args(argv):
                    help="invalid when the hottest thermal zone rose by more than this many degrees C")
     p.add_argument("--max-freq-drop", type=_non_negative_float, default=0.15,
                    help="invalid when the mean CPU frequency fell by more than this fraction")
+    p.add_argument("--new-tokens", type=_positive_int, default=64,
+                   help="decoder LMs: tokens generated per timed generation (capped by the KV cache)")
     p.add_argument("--out", help="also write the JSON result to this file")
     args = p.parse_args(argv)
     if args.max_seconds < args.min_seconds:
@@ -635,6 +637,8 @@ def run_benchmark(args):
     set_affinity(args.cores)
     threads = args.threads or default_threads(manifest, args.cores)
     result = verified_result(args, bundle, manifest, art, runtime, threads)
+    if isinstance(art.get("lm"), dict):
+        return run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result)
     inputs, references, expected, k = read_samples(bundle, art)
     backend, version = load_backend(runtime)
     result["runtime"]["version"] = version[:64]
@@ -648,6 +652,161 @@ def run_benchmark(args):
     _call_runtime("run", art["file"], runtime, lambda: measure(args, result, model, inputs))
     nonfinite = _call_runtime("run", art["file"], runtime, lambda: check_parity(
         result, model, inputs, references, expected, k, output_names, order))
+    result["peak_rss_mb"] = peak_rss_mb()
+    validity(result, args, nonfinite)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ decoder LMs
+
+
+def read_lm_samples(bundle, art, first):
+    """Held-out prompts and windows with the fp32 model's greedy tokens and NLL, and this artifact's on the host."""
+    path = os.path.join(bundle, "inputs.npz")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as e:
+        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    out = {key: _samples(arrays, path, key, 1) for key in ("lm.prompts", "lm.windows", "reference.nll",
+                                                          "reference.tokens")}
+    for name in ("nll", "tokens"):  # this artifact's own host outputs, when the bundle kept them
+        for key in ("expected.%s.%s" % (art["file"], name), "expected." + name if first else None):
+            if key and key in arrays:
+                out["expected." + name] = arrays[key]
+                break
+    for key in ("lm.prompts", "lm.windows", "reference.tokens"):
+        if out[key].ndim != 2 or out[key].dtype.kind not in "iu":
+            raise RunnerExit(EXIT_BAD_FILE, "%s: %r must be integer token ids [K, n], got %s %s"
+                             % (path, key, out[key].dtype, list(out[key].shape)))
+    return out
+
+
+def _lm_lengths(art):
+    lm = art["lm"]
+    try:
+        prompt_len, context_len = int(lm["prompt_len"]), int(lm["context_len"])
+    except (KeyError, TypeError, ValueError):
+        raise RunnerExit(EXIT_BAD_FILE, "manifest artifact %s: lm needs integer prompt_len and context_len"
+                         % art["file"]) from None
+    if not 1 <= prompt_len < context_len:
+        raise RunnerExit(EXIT_BAD_FILE, "manifest artifact %s: lm.prompt_len %d must be >= 1 and < context_len %d"
+                         % (art["file"], prompt_len, context_len))
+    return prompt_len, context_len
+
+
+def measure_lm(args, result, session, prompt, new_tokens):
+    """Timed generations: each is a prefill of ``prompt`` then ``new_tokens - 1`` decode steps.
+
+    ``latency_ms`` and ``repeats_p90_ms`` are per decode step; ``generation`` holds time to first token,
+    prefill and decode tokens/s. Each repeat runs whole generations until ``--min-seconds`` (at least one,
+    capped by ``--max-seconds``) after one untimed warm-up generation when ``--warmup`` > 0.
+    """
+    lmeval = _lmeval()
+    timer = {}
+    lmeval.greedy(session, prompt, new_tokens, timer)  # the first generation, cold
+    result["first_inference_ms"] = round(timer["prefill_s"] * 1000.0, 4)
+    if args.warmup:
+        lmeval.greedy(session, prompt, new_tokens)
+    result["thermal_c"]["before"] = read_temperature_c()
+    result["cpu_freq_mhz"]["before"] = read_frequency_mhz(args.cores)
+    decode_ms, prefill_s, p90s, generations = array("d"), [], [], 0
+    for i in range(args.repeats):
+        if i:
+            time.sleep(args.cooldown_s)
+        block, start = [], time.perf_counter()
+        while True:
+            timer = {}
+            lmeval.greedy(session, prompt, new_tokens, timer)
+            generations += 1
+            prefill_s.append(timer["prefill_s"])
+            block.extend(t * 1000.0 for t in timer["decode_s"])
+            elapsed = time.perf_counter() - start
+            if elapsed >= args.min_seconds or elapsed >= args.max_seconds:
+                break
+        if block:
+            p90s.append(round(float(np.percentile(np.asarray(block), 90)), 4))
+        decode_ms.extend(block)
+    result["thermal_c"]["after"] = read_temperature_c()
+    result["cpu_freq_mhz"]["after"] = read_frequency_mhz(args.cores)
+    result["latency_ms"] = latency_stats(decode_ms) if len(decode_ms) else None
+    result["repeats_p90_ms"] = p90s
+    result["timed_runs"] = len(decode_ms)
+    ttft = float(np.median(np.asarray(prefill_s)))
+    mean_decode_s = float(np.mean(np.asarray(decode_ms))) / 1000.0 if len(decode_ms) else None
+    result["generation"] = {
+        "prompt_tokens": int(len(prompt)), "new_tokens": int(new_tokens), "generations": generations,
+        "ttft_ms": round(ttft * 1000.0, 4),
+        "prefill_tokens_per_s": round(len(prompt) / ttft, 3) if ttft > 0 else None,
+        "decode_tokens_per_s": round(1.0 / mean_decode_s, 3) if mean_decode_s else None,
+    }
+
+
+def check_lm_quality(result, session, samples, prompt_len):
+    """Greedy tokens on every held-out prompt against the fp32 model's (and the host's), and perplexity on the
+    held-out windows against the fp32 model's; returns the non-finite reason or None."""
+    lmeval = _lmeval()
+    n = samples["reference.tokens"].shape[1]
+    agree_ref, agree_host, prefix = [], [], []
+    for i, prompt in enumerate(samples["lm.prompts"]):
+        tokens = lmeval.greedy(session, prompt, n)
+        a, p = lmeval.token_agreement(tokens, samples["reference.tokens"][i % len(samples["reference.tokens"])])
+        agree_ref.append(a)
+        prefix.append(p)
+        if "expected.tokens" in samples and i < len(samples["expected.tokens"]):
+            agree_host.append(lmeval.token_agreement(tokens, samples["expected.tokens"][i])[0])
+    nll = []
+    for window in samples["lm.windows"]:
+        logits = lmeval.teacher_forced_logits(session, window, split=min(prompt_len, len(window) - 1))
+        if not np.isfinite(logits).all():
+            return "non-finite outputs: logits hold NaN or Inf"
+        nll.append(lmeval.mean_nll(logits, window))
+    ref_nll = samples["reference.nll"][:len(nll)].astype(np.float64)
+    ppl, ref_ppl = math.exp(float(np.mean(nll))), math.exp(float(np.mean(ref_nll)))
+    host = samples.get("expected.nll")
+    result["lm_quality"] = {
+        "reference": "fp32", "prompts": len(agree_ref), "windows": len(nll),
+        "greedy_agreement": round(float(np.mean(agree_ref)), 6),
+        "greedy_prefix_mean": round(float(np.mean(prefix)), 3),
+        "host_greedy_agreement": round(float(np.mean(agree_host)), 6) if agree_host else None,
+        "perplexity": round(ppl, 6), "reference_perplexity": round(ref_ppl, 6),
+        "perplexity_ratio": round(ppl / ref_ppl, 6),
+        "host_nll_max_abs_diff": (round(float(np.max(np.abs(np.asarray(nll) - host[:len(nll)]))), 8)
+                                  if host is not None and len(host) >= len(nll) else None),
+    }
+    return None
+
+
+def _lmeval():
+    """``lmeval.py`` beside this file (also when the runner is imported rather than run as a script)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import lmeval
+
+    return lmeval
+
+
+def run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result):
+    """The generation benchmark of a decoder-LM artifact (``lm`` in its manifest entry)."""
+    prompt_len, context_len = _lm_lengths(art)
+    samples = read_lm_samples(bundle, art, art["file"] == manifest["artifacts"][0]["file"])
+    backend, version = load_backend(runtime)
+    result["runtime"]["version"] = version[:64]
+    if not hasattr(backend, "load_lm"):
+        raise RunnerExit(EXIT_UNSUPPORTED, "runner/%s/backend.py has no load_lm: this runner cannot run decoder LMs"
+                         % runtime)
+    new_tokens = max(1, min(args.new_tokens, context_len - prompt_len + 1))
+    prompt = samples["lm.prompts"][0][:prompt_len]
+    log("%s %s, %s (decoder LM), %d threads, prompt %d tokens, %d new tokens per generation"
+        % (runtime, version, art["file"], threads, len(prompt), new_tokens))
+    t0 = time.perf_counter()
+    artifact_path = os.path.join(bundle, art["file"])
+    session = _call_runtime("load", art["file"], runtime, lambda: backend.load_lm(artifact_path, threads, art["lm"]))
+    result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
+    _call_runtime("run", art["file"], runtime, lambda: measure_lm(args, result, session, prompt, new_tokens))
+    nonfinite = _call_runtime("run", art["file"], runtime,
+                              lambda: check_lm_quality(result, session, samples, prompt_len))
     result["peak_rss_mb"] = peak_rss_mb()
     validity(result, args, nonfinite)
     return result

@@ -103,3 +103,115 @@ def load(path, threads):
     """A ``LiteRTModel`` for the .tflite at ``path`` on ``threads`` CPU threads (XNNPACK, the default delegate)."""
     module = _interpreter_module()
     return LiteRTModel(module.Interpreter(model_path=path, num_threads=threads))
+
+
+# --- decoder LMs (runtimes/common/README.md "Decoder LMs") ----------------------------------------
+
+# What an attention-mask entry adds to a masked logit: the most negative finite float32, not -inf, so a
+# row whose every entry were masked would still give finite numbers instead of NaN.
+_MASKED = -3.4028234663852886e38
+
+
+class LiteRTLMSession:
+    """A causal LM with an explicit KV cache, driven through its prefill and decode signatures.
+
+    The cache is a set of signature inputs that the same-named outputs replace after every call; the
+    session keeps it in numpy arrays between calls. The attention mask is an input too: row ``i`` lets
+    the token at position ``p_i`` see cache slots ``0..p_i`` only, so whatever a slot beyond the real
+    tokens holds (padding written by a padded prefill, or an earlier, longer sequence) is never read
+    before a real token overwrites it.
+
+    Prefill has one static length (``lm["prompt_len"]``): shorter prompts are padded (the padding's
+    logits are dropped and its cache slots masked as above), longer ones run in chunks. A chunk whose
+    padded length would pass the end of the cache runs through decode one token at a time instead,
+    because a cache write past the end would be clamped back over real entries (dynamic_update_slice).
+    """
+
+    def __init__(self, interpreter, lm):
+        import numpy as np
+
+        signatures = lm["signatures"]
+        self._prefill_runner = interpreter.get_signature_runner(signatures["prefill"])
+        self._decode_runner = interpreter.get_signature_runner(signatures["decode"])
+        self.prompt_len = int(lm["prompt_len"])
+        self.context_len = int(lm["context_len"])
+        names = lm["tensors"]
+        self._tokens, self._pos, self._mask, self._logits = (names["tokens"], names["input_pos"], names["mask"],
+                                                             names["logits"])
+        details = self._decode_runner.get_input_details()
+        self._dtypes = {k: details[k]["dtype"] for k in (self._tokens, self._pos, self._mask)}
+        self._cache_names = list(lm["cache_tensors"])
+        self._cache = {k: np.zeros(details[k]["shape"], details[k]["dtype"]) for k in self._cache_names}
+        self._slots = np.arange(self.context_len)
+        self.position = 0
+
+    def reset(self):
+        """Empty the cache (all slots zero) and go back to position 0."""
+        for value in self._cache.values():
+            value.fill(0)
+        self.position = 0
+
+    def prefill(self, ids):
+        """Logits ``[n, vocab]`` (float32) for the ``n`` token ids, which are appended to the cache."""
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        self._check_room(len(ids))
+        out, i = [], 0
+        while i < len(ids):
+            if self.position + self.prompt_len <= self.context_len:
+                chunk = ids[i:i + self.prompt_len]
+                out.append(self._run_prefill(chunk))
+                i += len(chunk)
+            else:  # too close to the end of the cache for a padded chunk
+                out.append(self.decode(int(ids[i]))[None, :])
+                i += 1
+        return np.concatenate(out, axis=0)
+
+    def decode(self, token):
+        """Logits ``[vocab]`` (float32) for the position after ``token``, which is appended to the cache."""
+        import numpy as np
+
+        self._check_room(1)
+        logits = self._run(self._decode_runner, np.array([[int(token)]]), 1)
+        self.position += 1
+        return np.asarray(logits, dtype=np.float32).reshape(-1)
+
+    def _run_prefill(self, chunk):
+        import numpy as np
+
+        n = len(chunk)
+        padded = np.zeros((1, self.prompt_len), dtype=np.int64)
+        padded[0, :n] = chunk
+        logits = self._run(self._prefill_runner, padded, self.prompt_len)
+        self.position += n
+        return np.asarray(logits, dtype=np.float32).reshape(self.prompt_len, -1)[:n]
+
+    def _run(self, runner, tokens, length):
+        import numpy as np
+
+        positions = self.position + np.arange(length)
+        mask = np.where(self._slots[None, :] <= positions[:, None], 0.0, _MASKED)
+        feeds = {self._tokens: tokens.astype(self._dtypes[self._tokens]),
+                 self._pos: positions.astype(self._dtypes[self._pos]),
+                 self._mask: mask.reshape(1, 1, length, self.context_len).astype(self._dtypes[self._mask])}
+        feeds.update(self._cache)
+        out = runner(**feeds)
+        for k in self._cache_names:
+            self._cache[k] = out[k]
+        return out[self._logits]
+
+    def _check_room(self, n):
+        if n < 1:
+            raise ValueError("prefill needs at least one token")
+        if self.position + n > self.context_len:
+            raise ValueError(f"{self.position} cached + {n} new tokens exceed the context length {self.context_len}; "
+                             "reset() first")
+
+
+def load_lm(path, threads, lm):
+    """A ``LiteRTLMSession`` for the LM .tflite at ``path``; ``lm`` is the manifest artifact's ``"lm"`` object."""
+    if lm.get("cache") != "explicit":
+        raise ValueError(f"litert LMs carry their cache as signature inputs (cache 'explicit'), got {lm.get('cache')!r}")
+    module = _interpreter_module()
+    return LiteRTLMSession(module.Interpreter(model_path=path, num_threads=threads), lm)

@@ -46,3 +46,63 @@ def load(path, threads):
     options.log_severity_level = 3  # errors only: the runner's stderr is for its own one-line messages
     session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     return OrtModel(session)
+
+
+class OrtLMSession:
+    """A causal LM with explicit past key/values (``lm["cache"] == "explicit"``), per the LM contract.
+
+    The cache lives between calls as the numpy arrays the graph returned (``present.*`` fed back as
+    ``past_key_values.*``): onnxruntime reads numpy inputs in place on the CPU, so a step copies only what
+    the graph's own Concat copies.
+    """
+
+    def __init__(self, session, lm):
+        import numpy as np
+
+        self._np = np
+        self._session = session
+        self._lm = lm
+        self.context_len = int(lm["context_len"])
+        self._ids = lm.get("input_ids", "input_ids")
+        self._mask = lm.get("attention_mask")
+        self._past = list(lm["past_inputs"])
+        self._outputs = [lm.get("logits", "logits")] + list(lm["present_outputs"])
+        self._empty = np.zeros((1, int(lm["num_kv_heads"]), 0, int(lm["head_dim"])),
+                               np.dtype(lm.get("cache_dtype", "float32")))
+        self.reset()
+
+    def reset(self):
+        """Empty the cache; position 0."""
+        self._cache = [self._empty] * len(self._past)
+        self.position = 0
+
+    def prefill(self, ids):
+        """Logits float32 [n, vocab] for ``ids`` (int64 [n]) appended after the cache; position += n."""
+        ids = self._np.asarray(ids, dtype=self._np.int64).reshape(-1)
+        if ids.size < 1:
+            raise ValueError("prefill needs at least one token")
+        return self._step(ids)
+
+    def decode(self, token):
+        """Logits float32 [vocab] for ``token`` at the next position; position += 1."""
+        return self._step(self._np.array([int(token)], dtype=self._np.int64))[0]
+
+    def _step(self, ids):
+        n = int(ids.size)
+        if self.position + n > self.context_len:
+            raise ValueError(f"position {self.position} + {n} tokens exceeds context_len {self.context_len}")
+        feeds = {self._ids: ids[None, :]}
+        if self._mask:
+            feeds[self._mask] = self._np.ones((1, self.position + n), self._np.int64)
+        feeds.update(zip(self._past, self._cache))
+        out = self._session.run(self._outputs, feeds)
+        self._cache = out[1:]
+        self.position += n
+        return self._np.asarray(out[0][0], dtype=self._np.float32)
+
+
+def load_lm(path, threads, lm):
+    """An ``OrtLMSession`` for the explicit-past LM graph at ``path``; ``lm`` is the manifest's ``lm`` entry."""
+    if lm.get("cache") != "explicit":
+        raise ValueError(f"onnxruntime runs LMs with an explicit cache only, got cache={lm.get('cache')!r}")
+    return OrtLMSession(load(path, threads)._session, lm)
