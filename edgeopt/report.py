@@ -167,6 +167,30 @@ def bundle_report(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _lm_readme(art: dict) -> list[str]:
+    """How to drive a decoder LM's KV cache: what the app must do per token."""
+    lm = art["lm"]
+    how = {
+        "in_program": "The KV cache is state inside the program: call the method with the new tokens and their "
+                      "positions (`cache_position`); the program updates its cache in place.",
+        "explicit": "The KV cache is explicit: pass the cache tensors in, keep the ones that come out, and pass "
+                    "them to the next call.",
+    }.get(lm.get("cache"), "")
+    lines = [
+        f"This is a decoder LM with a KV cache of **{lm.get('context_len')} tokens** (prompt + generated tokens "
+        f"never exceed it); prompts are prefilled {lm.get('prompt_len')} tokens at a time, then each new token "
+        "is one decode call. " + how,
+        "",
+        "`runner/" + art["runtime"] + "/backend.py` (`load_lm`) is a complete, short reference of the calls: "
+        "`prefill(ids)` and `decode(token)` return logits; the runner's greedy loop is in "
+        "`runner/common/lmeval.py`.",
+    ]
+    names = {k: v for k, v in lm.items() if k in ("signatures", "method", "methods", "tensors", "cache_tensors")}
+    if names:
+        lines += ["", "Names in the artifact: " + ", ".join(f"{k} `{v}`" for k, v in names.items())]
+    return lines
+
+
 def bundle_readme(manifest: dict) -> str:
     """README.md for the app developer: runtime, inputs/outputs, how to benchmark on the device."""
     art = manifest["artifacts"][0]
@@ -199,7 +223,8 @@ def bundle_readme(manifest: dict) -> str:
         "|---|---|---|",
         *io_lines(art["outputs"]),
         "",
-        "Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them.",
+        *(_lm_readme(art) if art.get("lm") else
+          ["Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them."]),
         "",
         "## Benchmark it on the device",
         "",

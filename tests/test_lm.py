@@ -121,7 +121,7 @@ def _lm_profile(runtime: str, **fidelity):
     return Profile.from_dict(base, source="<test>")
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "litert"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "litert", "executorch"])
 def test_package_lm_bundle_then_the_runner_reports_tokens_per_s(runtime, tiny_llama_dir, tmp_path):
     """package → a KV-cache bundle gated on perplexity/KL → the device runner's generation benchmark."""
     from edgeopt import api
