@@ -126,7 +126,7 @@ def _build_other_formats(chosen: Built, loaded, profile, data: "_Data", work: Pa
         except EdgeoptError as e:
             rows.append(_side_row(runtime, scheme, "failed", None, str(e).splitlines()[0]))
             continue
-        miss = _misses(fidelity, profile.targets.fidelity)
+        miss = _misses(fidelity, profile.targets.fidelity.for_precision(scheme.precision))
         b = Built(artifact, fidelity, expected, loaded, chosen.pruning)
         rows.append(_side_row(runtime, scheme, "bundled" if miss is None else "rejected", b, miss))
         if miss is None:
@@ -198,9 +198,9 @@ class _Data:
 def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, say: Progress):
     from edgeopt.packagers import get_packager
 
-    tol = profile.targets.fidelity
     original = loaded
     for row in plan.feasible:
+        tol = profile.targets.fidelity.for_precision(row.candidate.precision)
         packager = get_packager(row.candidate.runtime)
         try:
             packager.check_available()

@@ -84,6 +84,15 @@ class FidelityTargets:
     min_sqnr_db: float | None = None
     max_perplexity_ratio: float | None = None
     max_kl: float | None = None
+    # Per-precision overrides of the keys above, e.g. {"int4": {"max_perplexity_ratio": 1.1}}: a profile may
+    # accept more loss for a precision it only reaches for when nothing more precise fits.
+    by_precision: dict = field(default_factory=dict, hash=False)
+
+    def for_precision(self, precision: Any) -> "FidelityTargets":
+        """The targets a candidate of ``precision`` (a Precision or its value) is judged by."""
+        key = getattr(precision, "value", precision)
+        override = self.by_precision.get(key) or {}
+        return dataclasses.replace(self, **{k: v for k, v in override.items()}, by_precision={}) if override else self
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,8 @@ class Profile:
         raw = dataclasses.asdict(self)
         raw.pop("source")
         cal = raw.pop("calibration")
+        if not raw["targets"]["fidelity"].get("by_precision"):
+            raw["targets"]["fidelity"].pop("by_precision", None)
         if cal is not None:
             raw["calibration"] = _drop_none(cal)
         return _plain({"schema_version": raw.pop("schema_version"), **raw})
@@ -194,6 +205,11 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _fidelity_targets(values: dict) -> FidelityTargets:
+    by = {p: {k: x for k, x in (o or {}).items()} for p, o in (values.get("by_precision") or {}).items() if o}
+    return FidelityTargets(**{k: x for k, x in values.items() if k != "by_precision"}, by_precision=by)
+
+
 def _build(v: dict, source: str) -> Profile:
     targets = v.get("targets", {})
     return Profile(
@@ -205,7 +221,7 @@ def _build(v: dict, source: str) -> Profile:
         runtimes=v["runtimes"],
         shapes=Shapes(**v.get("shapes", {})),
         targets=Targets(
-            latency_ms=targets.get("latency_ms"), fidelity=FidelityTargets(**targets.get("fidelity", {}))
+            latency_ms=targets.get("latency_ms"), fidelity=_fidelity_targets(targets.get("fidelity", {}))
         ),
         schema_version=v.get("schema_version", SCHEMA_VERSION),
         source=source,
@@ -516,6 +532,12 @@ _SCHEMA = _Section({
             "min_sqnr_db": _Key(_positive_number(), required=False, nullable=True),
             "max_perplexity_ratio": _Key(_ratio, required=False, nullable=True),
             "max_kl": _Key(_positive_number(), required=False, nullable=True),
+            "by_precision": _Section({p.value: _Section({
+                "min_cosine": _Key(_cosine, required=False),
+                "min_sqnr_db": _Key(_positive_number(), required=False, nullable=True),
+                "max_perplexity_ratio": _Key(_ratio, required=False, nullable=True),
+                "max_kl": _Key(_positive_number(), required=False, nullable=True),
+            }, required=False) for p in Precision}, required=False),
         }, required=False),
     }, required=False),
 })

@@ -162,3 +162,14 @@ def test_lm_gate_fails_int4_beyond_the_profile_kl_with_exit_5(tiny_llama_dir, tm
                     precision="int4")
     assert e.value.exit_code == 5 and "KL" in str(e.value) and "max_kl 1e-09" in str(e.value)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_per_precision_thresholds_loosen_int4_only():
+    from edgeopt.profiles import Profile, load_profile
+
+    d = load_profile("arm-mobile").to_dict()
+    d["targets"]["fidelity"]["by_precision"] = {"int4": {"max_perplexity_ratio": 1.1, "max_kl": 0.2}}
+    fid = Profile.from_dict(d).targets.fidelity
+    assert (fid.for_precision("int4").max_perplexity_ratio, fid.for_precision("int4").max_kl) == (1.1, 0.2)
+    assert fid.for_precision("int8") is fid and fid.max_perplexity_ratio == 1.05
+    assert "by_precision" not in load_profile("arm-mobile").to_dict()["targets"]["fidelity"]  # none set: none written
