@@ -81,6 +81,13 @@ def plan_explanation(plan_dict: dict) -> list[str]:
     ]
     first = next((r for r in plan_dict["rows"] if r["status"] in ("feasible", "chosen")), None)
     chosen = next((r for r in plan_dict["rows"] if r["status"] == "chosen"), None)
+    if ctx.get("family") == "decoder":
+        lead = chosen or first
+        rate = ((lead or {}).get("estimate") or {}).get("decode_tokens_per_s")
+        lines.append(f"decoder LM: est ms is the prefill of a {ctx['seq_len']}-token prompt"
+                     + (f"; decoding is estimated at {rate:.0f} tokens/s for "
+                        f"{lead['candidate']['runtime']}/{lead['candidate']['precision']}" if rate else "")
+                     + "; the cosine column shows perplexity ratio and KL, measured on held-out text.")
     if chosen:
         c = chosen["candidate"]
         lines.append(f"chosen: {c['runtime']}/{c['precision']}.")
