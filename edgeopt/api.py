@@ -212,6 +212,49 @@ def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_sec
     return replace(result, record=record, saved_to=saved)
 
 
+def report(bundles: list[str | Path], *, html: str | Path | None = None) -> str:
+    """Summarize bundles: plan, fidelity, estimates against stored bench results, every candidate built.
+
+    Args:
+        bundles: bundle folders (what ``package`` wrote; bench results are read from their ``results/``).
+        html: also write a self-contained HTML page here (plan tables, fidelity, bench results, and plots:
+            the Pareto front of size vs latency vs fidelity and the latency distribution per device), atomically.
+
+    Returns:
+        The plain-text summary (for the terminal).
+
+    Raises:
+        InputFileError: a folder that is not a bundle, or a stored result that does not validate.
+        UsageError: no bundles. BundleError: the HTML file cannot be written.
+    """
+    from edgeopt.errors import BundleError
+    from edgeopt.report_html import render_html, summarize
+
+    paths = [Path(b) for b in bundles]
+    text = summarize(paths)
+    if html is not None:
+        import os
+        import tempfile
+
+        out = Path(html)
+        page = render_html(paths)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent if str(out.parent) else ".")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(page)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for sharing
+            os.replace(tmp, out)
+        except OSError as e:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise BundleError(f"{out}: cannot write the report ({e.strerror or e}); pick a writable --html path") from None
+        text += f"\nHTML report: {out}"
+    return text
+
+
 def _recover(value) -> float:
     import math
 
