@@ -82,6 +82,10 @@ class BundleWriter:
         if not self._committed:
             shutil.rmtree(self.staging, ignore_errors=True)
         self._unlock()
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            # A converter or numpy writing into the staging folder ran out of disk: one clear line, exit 6.
+            where = Path(exc.filename) if exc.filename else self.target
+            raise _os_error(where, exc) from None
 
     def commit(self) -> None:
         """Swap the staging directory into place (the previous bundle is kept until the swap is done)."""
@@ -185,9 +189,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota exceeded, file-size limit (ulimit -f)
+
+
 def _os_error(path: Path, e: OSError) -> Exception:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceError(f"{path}: no space left on the device; free some space or pass --out elsewhere")
+    if e.errno == errno.EFBIG:
+        return ResourceError(f"{path}: file too large for this file system or for the file-size limit (ulimit -f); "
+                             "raise the limit or pass --out elsewhere")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return BundleError(f"{path}: not writable ({e.strerror}); pass --out to a folder you can write")
     return BundleError(f"{path}: {e.strerror or e}")

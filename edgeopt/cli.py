@@ -166,7 +166,9 @@ def profiles_detect(out: str | None, name: str) -> None:
 
     text = dump_profile_yaml(detect_profile(name), header=DETECT_HEADER)
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        from edgeopt.api import _write_text_atomic
+
+        _write_text_atomic(Path(out), text)  # a full disk leaves no half-written profile
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -397,6 +399,20 @@ def bench(bundle: str, device: str, runs: int, min_seconds: float, warmup: int, 
         con.line(f"stored: {result.saved_to}")
 
 
+# --- report ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--html", "html_out", default=None, type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML report (tables and plots) here.")
+def report(bundles: tuple[str, ...], html_out: str | None) -> None:
+    """Plan, fidelity, estimates against bench results, and every candidate built, for one or more bundles."""
+    from edgeopt import api
+
+    click.echo(api.report(list(bundles), html=html_out))
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -425,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory; try a smaller model or a machine with more RAM", file=sys.stderr)
         return 6
     except Exception as e:  # noqa: BLE001 - a bug: say so, traceback only on request
+        import errno
+
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, anywhere
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}out of disk ({e.strerror}); free some space, raise the file-size limit or pass "
+                  "--out elsewhere", file=sys.stderr)
+            return 6
         if os.environ.get("EDGEOPT_DEBUG"):
             raise
         print(f"internal error (a bug in edgeopt): {type(e).__name__}: {e}\n"

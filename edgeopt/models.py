@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from edgeopt.errors import (
+    FidelityError,
     InputFileError,
     MissingDependencyError,
     UnsupportedError,
@@ -365,7 +366,10 @@ def _load_factory(spec: str) -> LoadedModel:
     if not callable(factory):
         found = sorted(n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_"))
         raise UsageError(f"{path}: no function {func_name!r}; callables there: {', '.join(found) or '(none)'}")
-    result = factory()
+    try:
+        result = factory()
+    except Exception as e:  # noqa: BLE001 - user code: report, don't crash
+        raise InputFileError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
     if not (isinstance(result, tuple) and len(result) in (2, 3) and isinstance(result[0], torch.nn.Module)):
         raise UsageError(
             f"{spec}: the factory must return (nn.Module, example_inputs) or (nn.Module, example_inputs, input_names)"
@@ -374,9 +378,13 @@ def _load_factory(spec: str) -> LoadedModel:
     example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     names = tuple(result[2]) if len(result) == 3 else _forward_arg_names(net, len(example))
     net = net.eval()
-    with torch.no_grad():
-        out = net(*example)
+    try:
+        with torch.no_grad():
+            out = net(*example)
+    except Exception as e:  # noqa: BLE001 - user code: report, don't crash
+        raise InputFileError(f"{spec}: the model failed on its own example inputs: {type(e).__name__}: {e}") from None
     outs = out if isinstance(out, (tuple, list)) else (out,)
+    _check_finite(spec, outs)
     from edgeopt.wrappers import TupleOutput
 
     wrapped = net if isinstance(out, tuple) else TupleOutput(net).eval()
@@ -393,6 +401,22 @@ def _load_factory(spec: str) -> LoadedModel:
         family=Family.OTHER,
         _example=example,
     )
+
+
+def _check_finite(spec: str, outs) -> None:
+    """A model whose own outputs hold NaN or Inf has no fidelity to keep: exit 5 naming the outputs."""
+    import torch
+
+    bad = []
+    for i, t in enumerate(outs):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            name = f"output_{i}" if len(outs) > 1 else "output"
+            bad.append(f"{name} has {int(torch.isnan(t).sum())} NaN and {int(torch.isinf(t).sum())} Inf "
+                       f"of {t.numel()} values")
+    if bad:
+        raise FidelityError(f"{spec}: the model's own outputs on its example inputs are not finite ({'; '.join(bad)}); "
+                            "nothing to keep fidelity with: fix the model (e.g. a division by zero or log of a "
+                            "negative) before packaging")
 
 
 def _forward_arg_names(net, count: int) -> tuple[str, ...]:

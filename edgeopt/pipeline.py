@@ -165,6 +165,7 @@ class _Data:
         self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
         with torch.no_grad():
             self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
+        _check_finite_reference(loaded, self.reference)
         self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
         self._sensitivity: dict = {}
 
@@ -245,6 +246,8 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
                 break
         if row.status is not Status.REJECTED:
             _reject(row, _attempts_reason(row, tol))
+    if not any(r.attempts or r.fidelity for r in plan.rows):  # nothing built or measured: a format limitation
+        raise _no_fit(plan, "no candidate could be built in its format", cls=UnsupportedError)
     raise _no_fit(plan, "every candidate built missed the fidelity tolerance or failed to build",
                   cls=FidelityError)
 
@@ -298,6 +301,18 @@ def _keep_float_schedule(data: _Data, loaded, scheme) -> Iterator[tuple[str, ...
     for fraction in KEEP_FLOAT_STEPS:
         k = max(1, round(len(ranked) * fraction))
         yield tuple(ranked[:k])
+
+
+def _check_finite_reference(loaded, reference: list) -> None:
+    """The fp32 model itself producing NaN/Inf on held-out inputs is exit 5: nothing can be verified against it."""
+    import numpy as np
+
+    for j, name in enumerate(loaded.output_names):
+        bad = sum(int((~np.isfinite(r[j])).sum()) for r in reference)
+        if bad:
+            raise FidelityError(f"{loaded.name}: the fp32 model's output {name!r} holds {bad} NaN/Inf values on "
+                                f"held-out inputs; fix the model (or its weights) first: no artifact can be verified "
+                                "against it")
 
 
 def _is_lm(loaded) -> bool:

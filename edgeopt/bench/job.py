@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,19 @@ def result_of(prefix: str, code: int, stdout: bytes, stderr: bytes, artifact: Ar
             raise DeviceError(f"{prefix}the runner reported sha256 {result.artifact_sha256} for {artifact.file}, "
                               f"but the manifest has {artifact.sha256}; the result is for another file")
         return result
-    said = f"{prefix}runner exited {code}" + (f": {tail}" if tail else "")
+    # The runner's own one-line reason when it gave one; runtime logs and library warnings are noise here.
+    reasons = [line.strip()[len("runner: error: "):] for line in tail.splitlines()
+               if line.strip().startswith("runner: error: ")]
+    said = f"{prefix}runner exited {code}" + (f": {reasons[-1]}" if reasons else f": {tail}" if tail else "")
+    if code < 0 or code in (128 + 6, 128 + 9, 128 + 11):  # killed by a signal (a shell reports 128 + signal)
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        raise DeviceError(f"{prefix}runner crashed ({name}) on {artifact.file}: the runtime died in native code or "
+                          "was killed for memory; nothing was measured" + (f"; its output ends with: {tail}" if tail
+                                                                          else ""))
     if code == 3 and remote:
         raise DeviceError(f"{said}; the bundle was verified here before the copy, so it changed on the way "
                           "(storage or transfer error on the device): rerun")

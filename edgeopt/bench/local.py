@@ -72,7 +72,8 @@ def _run_bench(work: Path, args: list[str], python: str, timeout_s: float) -> su
     # No PYTHONPATH: the runner must work with what a device has, not with this source tree on the path.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHON"] = python
-    cmd = ["sh", str(work / "bench.sh"), *args]
+    # No core files: a runtime that crashes on a hostile artifact must not leave hundreds of MB behind.
+    cmd = ["sh", "-c", 'ulimit -c 0 2>/dev/null; exec sh "$0" "$@"', str(work / "bench.sh"), *args]
     try:
         # Its own session, so a timeout can kill everything bench.sh started, not only the shell.
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

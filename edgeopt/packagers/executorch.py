@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.packagers import Artifact, Capabilities, Coverage, TensorSpec, register
 from edgeopt.quantize import Activations, Granularity, QuantScheme
@@ -258,7 +258,7 @@ def _modules_in_graph(module, example: tuple) -> set[str]:
         with torch.no_grad():
             ep = torch.export.export(module, example, strict=False)
     except Exception as e:  # any tracer failure becomes an ExportError naming the format
-        raise ExportError(f"pte: torch.export failed: {_first_line(e)}") from e
+        raise export_failure("pte", "torch.export", e) from e
     # Export keeps dead branches (the pooler); to_edge drops them, so coverage must not list them either.
     ep.graph.eliminate_dead_code()
     names = set()
@@ -508,14 +508,14 @@ def _lower(module, example: tuple, path: Path) -> dict[str, Any]:
         with torch.no_grad():
             ep = torch.export.export(module, example, strict=False)
     except Exception as e:
-        raise ExportError(f"pte: torch.export failed: {_first_line(e)}") from e
+        raise export_failure("pte", "torch.export", e) from e
     try:
         edge = to_edge_transform_and_lower(ep, transform_passes=get_transform_passes(),
                                            partitioner=[XnnpackPartitioner()])
         delegated_ops = _delegated_op_count(edge.exported_program())
         program = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
     except Exception as e:
-        raise ExportError(f"pte: lowering to XNNPACK failed: {_first_line(e)}") from e
+        raise export_failure("pte", "lowering to XNNPACK", e) from e
     path.write_bytes(program.buffer)
     return _delegation_report(program, delegated_ops)
 

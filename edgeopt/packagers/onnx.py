@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.packagers import Artifact, Capabilities, TensorSpec, register
 from edgeopt.quantize import Activations, QuantScheme
@@ -170,7 +170,7 @@ def _export_uncached(loaded: LoadedModel, example: tuple, path: Path) -> None:
                               output_names=list(loaded.output_names), dynamo=True, external_data=False,
                               verbose=False)
     except Exception as e:  # any exporter failure becomes an ExportError naming the format
-        raise ExportError(f"onnx: torch.onnx export failed: {_first_line(e)}") from e
+        raise export_failure("onnx", "torch.onnx export", e) from e
 
 
 def _to_fp16(src: Path, dst: Path) -> None:
@@ -274,6 +274,9 @@ def _to_ort_format(model_path: Path, feeds: list[dict]) -> tuple[tuple[Path, ...
     config_path = model_path.parent / f"{model_path.stem}.required_operators.config"
     (out_dir / ort_path.name).replace(ort_path)
     (out_dir / config_path.name).replace(config_path)
+    # The tool's comment names the absolute build folder: keep the file name only, so bundles are reproducible.
+    config_path.write_text(config_path.read_text().replace(str(model_path.parent) + "/", "").replace(
+        str(out_dir) + "/", "").replace(str(out_dir), "").replace(str(model_path.parent), ""))
     for leftover in out_dir.iterdir():
         leftover.unlink()
     out_dir.rmdir()

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError
+from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
 from edgeopt.formats import Format, Precision, Runtime
 from edgeopt.packagers import Artifact, Capabilities, TensorSpec, register
 from edgeopt.packagers.tflite_weights import (
@@ -338,9 +338,7 @@ def _convert(loaded: LoadedModel, example: tuple, path: Path) -> None:
             edge_model = litert_torch.convert(module, tuple(example))
             edge_model.export(str(path))
     except Exception as e:  # any converter failure becomes an ExportError naming the format
-        op = re.search(r"aten\.[\w.]+", str(e))
-        where = f" (op {op.group(0)})" if op else ""
-        raise ExportError(f"tflite: litert-torch conversion failed{where}: {_first_line(e)}") from e
+        raise export_failure("tflite", "litert-torch conversion", e) from e
 
 
 def _without_broadcast_reshapes(module: torch.nn.Module, example: tuple) -> torch.nn.Module:
