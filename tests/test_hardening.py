@@ -453,9 +453,9 @@ def test_a_runner_killed_by_a_signal_is_a_device_error_naming_it(all_formats_bun
 
 # Byte-for-byte identical across two runs of the same model and profile, measured (see the report):
 # model.onnx, model.pte, model.tflite, inputs.npz, the runner files, README.md and report.md.
-# Not identical: model.ort (onnxruntime's ORT-format conversion differs run to run even in one process)
-# and model.required_operators.config (its comment names the absolute staging path of the run).
-NOT_DETERMINISTIC = {"model.ort", "model.required_operators.config"}
+# Not identical: model.ort (onnxruntime's ORT-format conversion differs run to run even in one process).
+# model.required_operators.config named the staging path in a comment until the ONNX packager dropped it.
+NOT_DETERMINISTIC = {"model.ort"}  # onnxruntime's ORT-format converter; see README "Reproducible bundles"
 
 
 def test_packaging_twice_gives_the_same_hashes(all_formats_bundle, model_files, tmp_path):
@@ -488,8 +488,7 @@ def test_an_op_one_format_cannot_lower_keeps_the_formats_that_work(model_files, 
 def test_export_failure_names_the_op_and_the_source_line(model_files):
     """The real SpecViolationError of ExecuTorch's lowering, condensed to one line naming op and layer.
 
-    (edgeopt/packagers/executorch.py still reports only the exception's first line; the fix is to raise
-    ``export_failure("pte", "lowering to XNNPACK", e)`` there — see the issue 8 report.)
+    (edgeopt/packagers/executorch.py raises ``export_failure("pte", "lowering to XNNPACK", e)``.)
     """
     import importlib.util
 
