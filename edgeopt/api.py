@@ -152,8 +152,15 @@ def _write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
+        import errno
+
+        from edgeopt.errors import ResourceError
+
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)  # a failed write leaves no temp file beside --out
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # out of disk: exit 6, like every other write
+            raise ResourceError(f"{path}: out of disk writing the profile ({e.strerror}); free some space or pick "
+                                "another --out") from None
         raise BundleError(f"{path}: cannot write the profile ({e.strerror or e}); pick a writable --out") from None
 
 
