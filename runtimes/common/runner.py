@@ -248,18 +248,23 @@ def output_order(model, manifest_names):
 # --------------------------------------------------------------------------------------- samples
 
 
+def load_inputs_npz(bundle):
+    """(path, every array of ``inputs.npz``); unreadable or malformed is exit 3. Never unpickles."""
+    path = os.path.join(bundle, "inputs.npz")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return path, {key: data[key] for key in data.files}
+    except (OSError, ValueError) as e:
+        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+
+
 def read_samples(bundle, art):
     """Inputs ``[K, ...]`` per manifest input, plus reference and (where present) expected outputs.
 
     A missing key, a shape that contradicts the manifest or too few samples is exit 3: a broken bundle,
     not something the runtime should be blamed for.
     """
-    path = os.path.join(bundle, "inputs.npz")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as e:
-        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    path, arrays = load_inputs_npz(bundle)
     inputs = {}
     for spec in art["inputs"]:
         key = "input." + spec["name"]
@@ -662,12 +667,7 @@ def run_benchmark(args):
 
 def read_lm_samples(bundle, art, first):
     """Held-out prompts and windows with the fp32 model's greedy tokens and NLL, and this artifact's on the host."""
-    path = os.path.join(bundle, "inputs.npz")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as e:
-        raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
+    path, arrays = load_inputs_npz(bundle)
     out = {key: _samples(arrays, path, key, 1) for key in ("lm.prompts", "lm.windows", "reference.nll",
                                                           "reference.tokens")}
     for name in ("nll", "tokens"):  # this artifact's own host outputs, when the bundle kept them
