@@ -45,6 +45,7 @@ from edgeopt.packagers.executorch import (
     _write_ops_yaml,
     check_scheme,
 )
+from edgeopt.packagers.lm import check_lengths
 from edgeopt.quantize import Activations, Granularity, QuantScheme
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,12 +104,7 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme, *, prompt_len: int | None
                                f"cache is full attention, so context_len {context_len} > {window} would compute "
                                f"something else; use context_len <= {window}")
     if prompt_len is not None and context_len is not None:
-        if not 1 <= prompt_len <= context_len:
-            raise UnsupportedError(f"pte: prompt_len must be in 1..context_len ({context_len}), got {prompt_len}")
-        limit = _max_positions(config)
-        if limit and context_len > limit:
-            raise UnsupportedError(f"pte: context_len {context_len} exceeds the model's {limit} positions "
-                                   f"(max_position_embeddings); use context_len <= {limit}")
+        check_lengths("pte", config, prompt_len, context_len)
 
 
 def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, prompt_len: int,
@@ -374,9 +370,3 @@ def _io_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...
     return inputs, outputs
 
 
-def _max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

@@ -57,12 +57,32 @@ def export_lm(runtime: Runtime, loaded: "LoadedModel", scheme: "QuantScheme", wo
     return artifact
 
 
+def max_positions(config: Any) -> int | None:
+    """The model's position limit (``max_position_embeddings``, GPT-2's ``n_positions``), or None."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(fmt: str, config: Any, prompt_len: int, context_len: int) -> None:
+    """UnsupportedError unless 1 <= prompt_len <= context_len <= the model's positions (``fmt`` starts it)."""
+    if not 1 <= prompt_len <= context_len:
+        raise UnsupportedError(f"{fmt}: prompt_len must be in 1..context_len ({context_len}), got {prompt_len} "
+                               "(need 1 <= prompt_len <= context_len)")
+    limit = max_positions(config)
+    if limit and context_len > limit:
+        raise UnsupportedError(f"{fmt}: context_len {context_len} exceeds the model's {limit} positions "
+                               f"(max_position_embeddings); use context_len <= {limit}")
+
+
 def lm_lengths(config: Any, seq_len: int, context_len: int | None) -> tuple[int, int]:
     """(prompt_len, context_len) to export at: the profile's seq_len and context_len, the context capped at
     the model's ``max_position_embeddings``; a context no longer than the prompt keeps a quarter for decoding."""
     ctx = context_len or seq_len
-    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    max_pos = max_positions(config)
     if max_pos:
-        ctx = min(ctx, int(max_pos))
+        ctx = min(ctx, max_pos)
     prompt = seq_len if seq_len < ctx else max(1, ctx * 3 // 4)
     return prompt, ctx

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from edgeopt.errors import ExportError, UnsupportedError
 from edgeopt.formats import Format, Precision
 from edgeopt.packagers import Artifact, Capabilities, Coverage
+from edgeopt.packagers.lm import check_lengths
 from edgeopt.quantize import Activations, QuantScheme
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,13 +100,7 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme, *, prompt_len: int | None
     if scheme.is_quantized:
         onnx_quant.check_scheme(scheme)
     if prompt_len is not None and context_len is not None:
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if not 1 <= prompt_len <= context_len:
-            raise UnsupportedError(f"onnx LM export: need 1 <= prompt_len <= context_len, got prompt_len "
-                                   f"{prompt_len}, context_len {context_len}")
-        if limit and context_len > limit:
-            raise UnsupportedError(f"onnx LM export: context_len {context_len} exceeds the model's "
-                                   f"{limit} positions (max_position_embeddings); lower context_len")
+        check_lengths("onnx LM export", config, prompt_len, context_len)
 
 
 def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, prompt_len: int,

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from edgeopt.errors import ExportError, UnsupportedError
 from edgeopt.formats import Format, Precision
 from edgeopt.packagers import Artifact, Capabilities, Coverage, TensorSpec
+from edgeopt.packagers.lm import check_lengths
 from edgeopt.quantize import Activations, Granularity, QuantScheme
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,12 +162,7 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
     check_lm(loaded, scheme)
     wrapped_scheme, scheme = scheme, _hf_names(scheme)
     config = loaded.config
-    max_positions = getattr(config, "max_position_embeddings", None)
-    if not 1 <= prompt_len <= context_len:
-        raise UnsupportedError(f"tflite lm: prompt_len must be in 1..context_len ({context_len}), got {prompt_len}")
-    if max_positions and context_len > max_positions:
-        raise UnsupportedError(f"tflite lm: context_len {context_len} exceeds the model's max_position_embeddings "
-                               f"{max_positions}; use a shorter context")
+    check_lengths("tflite lm", config, prompt_len, context_len)
     start = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     fp32_path = work_dir / "model.fp32.tflite"
