@@ -1,5 +1,10 @@
 """The public Python API; the CLI calls only these.
 
+One verb per job, each mirrored by a command: ``load_profile`` (``edgeopt profiles show``), ``inspect``
+(``edgeopt inspect``), ``make_plan`` (``edgeopt plan``), ``package`` (``edgeopt package``), ``bench``
+(``edgeopt bench``), ``report`` (``edgeopt report``). Every example below runs as a test
+(tests/test_api_docs.py), in that order, in one scratch folder, on the built-in all-MiniLM-L6-v2:
+
     >>> import edgeopt
     >>> edgeopt.load_profile("arm-mobile").limits.model_ram_mb
     512
@@ -16,7 +21,31 @@ Progress = Callable[[str], None]
 
 
 def load_profile(name_or_path):
-    """A built-in profile by name, or a profile YAML file (strictly validated)."""
+    """A built-in profile by name, or a profile YAML file (strictly validated).
+
+    Args:
+        name_or_path: a built-in name (``edgeopt profiles list``), a YAML path, or a ``Profile`` (returned as is).
+
+    Returns:
+        The frozen ``Profile``: ``limits`` (model_ram_mb, model_storage_mb, precisions), ``shapes``, ``compute``,
+        ``targets``, ``runtimes`` in order of preference.
+
+    Raises:
+        ProfileError: an unknown name (with the names that exist) or a file with problems (every one listed).
+
+    Example:
+
+        >>> import edgeopt
+        >>> phone = edgeopt.load_profile("arm-mobile")
+        >>> phone.limits.model_ram_mb, phone.limits.model_storage_mb, phone.shapes.seq_len
+        (512, 32, 128)
+        >>> [r.value for r in phone.runtimes]
+        ['executorch', 'litert', 'onnxruntime']
+        >>> edgeopt.load_profile("arm-mobil")
+        Traceback (most recent call last):
+        ...
+        edgeopt.errors.ProfileError: unknown profile 'arm-mobil'...did you mean 'arm-mobile'?...
+    """
     from edgeopt.profiles import Profile
     from edgeopt.profiles import load_profile as _load
 
@@ -27,7 +56,36 @@ def inspect(model: str | None = None, *, profile="arm-mobile", allow_pickle: boo
             progress: Progress | None = None) -> dict:
     """Model statistics at the profile's shapes and a fit table against every built-in profile.
 
-    Returns a dict: ``{"stats": ModelStats.to_dict(), "fit": [row, ...]}``.
+    Args:
+        model: a Hugging Face directory, ``org/name`` from the local cache, ``file.py:factory``, or None for the
+            built-in all-MiniLM-L6-v2.
+        profile: whose shapes (batch, sequence, context) the FLOPs and activation memory are counted at.
+        allow_pickle: permit pickle checkpoints (they can run code).
+        progress: called with one line per stage.
+
+    Returns:
+        ``{"stats": ModelStats.to_dict(), "fit": [row, ...]}``; stats has params_total, bytes_at (per precision),
+        flops, activation_peak_bytes, kv_cache_bytes...; each fit row is one profile × runtime × precision with
+        artifact_mb, peak_ram_mb, latency_ms, fits and the reason when it does not.
+
+    Raises:
+        ModelError: the model cannot be found or loaded. ProfileError: a bad ``profile``.
+
+    Example:
+
+        >>> import edgeopt
+        >>> info = edgeopt.inspect()  # the built-in all-MiniLM-L6-v2, at arm-mobile's shapes
+        >>> info["stats"]["params_total"]
+        22713216
+        >>> round(info["stats"]["bytes_at"]["int8"] / 2**20, 1)  # weights alone, int8
+        21.9
+        >>> for row in info["fit"]:  # each profile's preferred runtime, every precision
+        ...     if row["profile"] == "arm-mobile":
+        ...         print(row["runtime"], row["precision"], row["artifact_mb"], row["reason"] or "fits")
+        executorch fp32 86.66 exceeds model_storage_mb: 87 > 32
+        executorch fp16 43.34 exceeds model_storage_mb: 44 > 32
+        executorch int8 21.96 fits
+        executorch int4 18.03 fits
     """
     from edgeopt.analysis import analyse
     from edgeopt.models import load_model
@@ -45,7 +103,31 @@ def inspect(model: str | None = None, *, profile="arm-mobile", allow_pickle: boo
 
 def make_plan(model: str | None = None, *, profile="arm-mobile", fmt: str | None = None, precision: str | None = None,
               activations: str | None = None, allow_pickle: bool = False, progress: Progress | None = None):
-    """The candidate table for ``model`` on ``profile``; nothing is built. Returns a ``Plan``."""
+    """The candidate table for ``model`` on ``profile``; nothing is built.
+
+    Args:
+        model: as for ``inspect`` (None: the built-in all-MiniLM-L6-v2).
+        profile: a built-in name, a YAML path or a ``Profile``.
+        fmt, precision: keep only that runtime/format (``onnx``, ``pte``, ``tflite`` or a runtime name) or precision.
+        activations: ``"dynamic"`` or ``"static"`` (int8 activations calibrated on shipped text).
+
+    Returns:
+        A ``Plan``: ``rows`` in the order ``package`` tries them, each a ``CandidateRow`` with its ``candidate``
+        (runtime, precision, scheme), ``estimate`` (artifact bytes, peak RAM, latency), ``status`` and ``reasons``.
+
+    Raises:
+        UsageError: an unknown format, precision or activation mode (with what exists). ModelError, ProfileError.
+
+    Example:
+
+        >>> import edgeopt
+        >>> plan = edgeopt.make_plan(profile="arm-mobile")
+        >>> [row.candidate.key for row in plan.feasible][:3]  # fits the phone, in the order tried
+        ['executorch/int8', 'litert/int8', 'onnxruntime/int8']
+        >>> fp32 = next(row for row in plan.rows if row.candidate.key == "onnxruntime/fp32")
+        >>> fp32.status.value, fp32.reasons
+        ('rejected', ['exceeds model_storage_mb: 87 > 32'])
+    """
     from edgeopt.analysis import analyse
     from edgeopt.models import load_model
     from edgeopt.planner import make_plan as _make_plan
@@ -65,11 +147,40 @@ def package(model: str | None = None, *, profile="arm-mobile", out: str | Path =
             precision: str | None = None, activations: str | None = None, all_formats: bool = False,
             force: bool = False, allow_pickle: bool = False, progress: Progress | None = None,
             recover_seconds: float = 60.0):
-    """Plan, build, verify and bundle. Returns a ``PackageResult`` (bundle path, manifest, plan).
+    """Plan, build, verify in the real runtime, and write the bundle ``out/<model>-<profile>/``.
 
-    ``fmt``/``precision``/``activations`` ("dynamic" or "static") bypass the planner's choice;
-    ``all_formats`` also builds the chosen scheme in every other format and bundles those that pass.
-    ``recover_seconds`` bounds the distillation after pruning, when the plan has to prune (0: none).
+    Args:
+        model, profile: as for ``make_plan``.
+        out: the folder the bundle goes into (written in a staging folder, swapped into place at the end).
+        fmt, precision, activations: bypass the planner's choice (``activations``: "dynamic" or "static").
+        all_formats: also build the chosen scheme in every other format and bundle those that pass.
+        force: replace an existing bundle (otherwise that is a UsageError and nothing is touched).
+        recover_seconds: bounds the distillation after pruning, when the plan has to prune (0: none).
+        progress: called with one line per stage.
+
+    Returns:
+        A ``PackageResult``: ``bundle_path``, ``manifest`` (the dict written to manifest.json: artifacts with
+        sha256, inputs/outputs; measured ``fidelity``; the plan with every candidate's status) and ``plan``.
+
+    Raises:
+        NoFitError (exit 4): nothing fits or nothing built passes the profile's fidelity target.
+        FidelityError (exit 5): the reference model itself gives non-finite outputs. ExportError (exit 3): the
+        converter failed, with the format and the op. ResourceError (exit 6): out of memory or disk.
+
+    Example (arm-mobile would try ExecuTorch first; ``fmt="onnx"`` keeps this example quick):
+
+        >>> import edgeopt
+        >>> result = edgeopt.package(profile="arm-mobile", fmt="onnx", out="dist")
+        >>> result.bundle_path.as_posix()
+        'dist/all-MiniLM-L6-v2-arm-mobile'
+        >>> art = result.manifest["artifacts"][0]
+        >>> art["file"], art["runtime"], art["precision"], art["bytes"] < 32 * 2**20
+        ('model.onnx', 'onnxruntime', 'int8', True)
+        >>> [(i["name"], i["dtype"], i["shape"]) for i in art["inputs"]]  # doctest: +NORMALIZE_WHITESPACE
+        [('input_ids', 'int64', [1, 128]), ('attention_mask', 'int64', [1, 128]),
+         ('token_type_ids', 'int64', [1, 128])]
+        >>> result.manifest["fidelity"]["min_cosine"] >= 0.99  # in onnxruntime, against the fp32 model
+        True
     """
     from edgeopt.pipeline import package as _package
 
@@ -99,7 +210,12 @@ def calibrate_profile(results: list[str | Path], *, profile=None, out: str | Pat
         that disagree (thread counts, base profiles). ProfileError: a bad ``profile``.
     """
     from edgeopt.errors import UsageError
-    from edgeopt.planner.calibrate import calibrate, load_points, merge_repeats, residuals
+    from edgeopt.planner.calibrate import (
+        calibrate,
+        load_points,
+        merge_repeats,
+        residuals,
+    )
     from edgeopt.profiles import Profile, dump_profile_yaml
 
     points = merge_repeats(load_points(results))
@@ -139,29 +255,30 @@ def calibrate_profile(results: list[str | Path], *, profile=None, out: str | Pat
             "profile": fitted.to_dict()}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def _write_text_atomic(path: Path, text: str, *, what: str = "the profile", flag: str = "--out") -> None:
+    """Write ``text`` to ``path`` through a temp file beside it: readers see the old file or the new one."""
+    import errno
     import os
     import tempfile
 
-    from edgeopt.errors import BundleError
+    from edgeopt.errors import BundleError, ResourceError
 
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent if str(path.parent) else ".")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode a plain open() would
         os.replace(tmp, path)
     except OSError as e:
-        import errno
-
-        from edgeopt.errors import ResourceError
-
         if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)  # a failed write leaves no temp file beside --out
+            os.unlink(tmp)  # a failed write leaves no temp file beside the target
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # out of disk: exit 6, like every other write
-            raise ResourceError(f"{path}: out of disk writing the profile ({e.strerror}); free some space or pick "
-                                "another --out") from None
-        raise BundleError(f"{path}: cannot write the profile ({e.strerror or e}); pick a writable --out") from None
+            raise ResourceError(f"{path}: out of disk writing {what} ({e.strerror}); free some space or pick "
+                                f"another {flag}") from None
+        raise BundleError(f"{path}: cannot write {what} ({e.strerror or e}); pick a writable {flag}") from None
 
 
 def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_seconds: float = 5.0, warmup: int = 10,
@@ -191,6 +308,21 @@ def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_sec
         UsageError: a bad device address or flag. InputFileError: the bundle fails its checks.
         DeviceError: the transport failed or the device's output is not a valid result (never a number).
         UnsupportedError: the runtime is missing on the device. BundleError: the result cannot be stored.
+
+    Example (the bundle ``package`` wrote above, on this machine; a phone is ``device="adb"``):
+
+        >>> import edgeopt
+        >>> run = edgeopt.bench("dist/all-MiniLM-L6-v2-arm-mobile", runs=20, min_seconds=0.5, repeats=2)
+        >>> run.runtime, run.verified  # verified: the artifact's sha256 matched the manifest
+        ('onnxruntime', True)
+        >>> run.parity["host_max_abs_err"] < 1e-4  # the same outputs as on the host at package time
+        True
+        >>> sorted(run.latency_ms)
+        ['max', 'mean', 'min', 'p50', 'p90', 'p99', 'std']
+        >>> sorted(run.comparison)  # measured vs the plan's estimates and the profile's target
+        ['latency_ms', 'peak_ram_mb', 'valid']
+        >>> run.saved_to.startswith("dist/all-MiniLM-L6-v2-arm-mobile/results/")
+        True
     """
     from dataclasses import replace
 
@@ -232,33 +364,25 @@ def report(bundles: list[str | Path], *, html: str | Path | None = None) -> str:
 
     Raises:
         InputFileError: a folder that is not a bundle, or a stored result that does not validate.
-        UsageError: no bundles. BundleError: the HTML file cannot be written.
+        UsageError: no bundles. BundleError: the HTML file cannot be written. ResourceError: out of disk.
+
+    Example (the bundle and the bench run from the examples above):
+
+        >>> import edgeopt
+        >>> print(edgeopt.report(["dist/all-MiniLM-L6-v2-arm-mobile"], html="report.html"))
+        all-MiniLM-L6-v2-arm-mobile (dist/all-MiniLM-L6-v2-arm-mobile): chosen onnxruntime/int8, ... MB, cos 0.99...
+          bench local onnxruntime model.onnx at ...: p50 ... ms, p90 ... ms (estimated ... ms, ...x), peak RSS ... MB...
+        candidates built (size, latency, fidelity; * Pareto-optimal):
+          * all-MiniLM-L6-v2-arm-mobile onnxruntime/int8: ... MB, ... ms (measured...), cos 0.99... chosen
+        HTML report: report.html
     """
-    from edgeopt.errors import BundleError
     from edgeopt.report_html import render_html, summarize
 
     paths = [Path(b) for b in bundles]
     text = summarize(paths)
     if html is not None:
-        import os
-        import tempfile
-
-        out = Path(html)
-        page = render_html(paths)
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent if str(out.parent) else ".")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(page)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for sharing
-            os.replace(tmp, out)
-        except OSError as e:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise BundleError(f"{out}: cannot write the report ({e.strerror or e}); pick a writable --html path") from None
-        text += f"\nHTML report: {out}"
+        _write_text_atomic(Path(html), render_html(paths), what="the report", flag="--html path")
+        text += f"\nHTML report: {html}"
     return text
 
 

@@ -230,7 +230,7 @@ def plan(profile_name: str, model: str | None, fmt: str | None, precision: str |
 
 
 def _print_plan(con, plan_dict: dict, title: str) -> None:
-    from edgeopt.report import PLAN_HEADER, plan_explanation, plan_rows
+    from edgeopt.report_md import PLAN_HEADER, plan_explanation, plan_rows
 
     rows = plan_rows(plan_dict)
     chosen = next((i for i, r in enumerate(plan_dict["rows"]) if r["status"] == "chosen"), None)
@@ -336,8 +336,11 @@ def _print_side_by_side(con, bundle_path, manifest: dict) -> None:
 @cli.command("demo-lm")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Copy the model here (default: print where the cached model is).")
+@click.option("--steps", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Train for N steps instead of the default budget (600 steps, 4-6 minutes on one core). "
+                   "Fewer steps give a worse but quicker model, e.g. 40 for a smoke test; each N is cached apart.")
 @click.option("--force", is_flag=True, help="Train again even when a cached model exists.")
-def demo_lm(out: str | None, force: bool) -> None:
+def demo_lm(out: str | None, steps: int | None, force: bool) -> None:
     """Train (once, then cached) the tiny Llama on the text edgeopt ships; print its directory.
 
     Use it as a decoder LM that means something: edgeopt package --model DIR --profile arm-mobile
@@ -346,7 +349,7 @@ def demo_lm(out: str | None, force: bool) -> None:
 
     con = _console(uses_torch=True)
     with con.working("tiny LM"):
-        path = build_tiny_lm(Path(out) if out else None, force=force, say=con.progress)
+        path = build_tiny_lm(Path(out) if out else None, train_steps=steps, force=force, say=con.progress)
     con.line(str(path))
 
 

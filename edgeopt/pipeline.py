@@ -394,9 +394,10 @@ def _no_fit(plan: Plan, headline: str, cls=NoFitError) -> NoFitError:
 
 def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built], data: _Data,
                   side_by_side: list[dict] | None) -> dict:
-    from edgeopt import __version__, report
+    from edgeopt import __version__
     from edgeopt.bundle import SCHEMA_VERSION, file_hashes, write_json
     from edgeopt.packagers import get_packager
+    from edgeopt.report_md import bundle_readme, bundle_report
 
     for b in built:
         _move_into(staging, b.artifact)
@@ -426,8 +427,8 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built
         manifest["pruning"] = built[0].pruning
     if side_by_side is not None:
         manifest["all_formats"] = side_by_side
-    (staging / "README.md").write_text(report.bundle_readme(manifest), encoding="utf-8")
-    (staging / "report.md").write_text(report.bundle_report(manifest), encoding="utf-8")
+    (staging / "README.md").write_text(bundle_readme(manifest), encoding="utf-8")
+    (staging / "report.md").write_text(bundle_report(manifest), encoding="utf-8")
     manifest["files"] = file_hashes(staging)
     write_json(staging / "manifest.json", manifest)
     return manifest

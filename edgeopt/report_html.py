@@ -350,7 +350,7 @@ def render_html(bundles: list[Path]) -> str:
         InputFileError: a folder that is not a bundle, or a stored bench result that does not validate.
         UsageError: no bundles.
     """
-    from edgeopt import report
+    from edgeopt.report_md import PLAN_HEADER, plan_explanation, plan_rows
 
     loaded, points, metric, higher = _collect(bundles)
     e = html.escape
@@ -391,11 +391,11 @@ def render_html(bundles: list[Path]) -> str:
                      f"{_fmt((art.get('bytes') or 0) / MB)} MB; fidelity {e(_fid_text(m.get('fidelity')))} "
                      f"({e(str((m.get('fidelity') or {}).get('samples', '?')))} held-out samples).</p>")
         parts.append("<h3>Plan</h3>")
-        rows = report.plan_rows(m["plan"])
-        head = "".join(f"<th>{e(h)}</th>" for h in report.PLAN_HEADER)
+        rows = plan_rows(m["plan"])
+        head = "".join(f"<th>{e(h)}</th>" for h in PLAN_HEADER)
         body = "".join(f"<tr class='{e(r[5])}'>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
         parts.append(f'<table class="plan"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-        for line in report.plan_explanation(m["plan"]):
+        for line in plan_explanation(m["plan"]):
             parts.append(f"<p class='note'>{e(line)}</p>")
         parts.append("<h3>Fidelity</h3>")
         fid_rows = [[a.get("file", "?"), f"{a.get('runtime')}/{a.get('precision')}", _fmt((a.get('bytes') or 0) / MB),

@@ -18,7 +18,7 @@ from edgeopt.formats import Precision, Runtime
 from edgeopt.planner import make_plan
 from edgeopt.planner.search import Status
 from edgeopt.profiles import Profile, load_profile
-from edgeopt.report import plan_explanation, plan_rows
+from edgeopt.report_md import plan_explanation, plan_rows
 
 FP32, FP16, INT8, INT4 = Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4
 
