@@ -1,4 +1,8 @@
-"""Human-readable text from manifests and plans: the plan table, a bundle's README.md and report.md."""
+"""Human-readable Markdown from manifests and plans: the plan table, a bundle's README.md and report.md.
+
+(Not `edgeopt/report.py`: `edgeopt.report` is the public function, and a submodule of that name would replace it
+on the package as soon as it was imported.)
+"""
 
 from __future__ import annotations
 
@@ -190,20 +194,23 @@ def _lm_readme(art: dict) -> list[str]:
         "",
         "`runner/" + art["runtime"] + "/backend.py` (`load_lm`) is a complete, short reference of the calls: "
         "`prefill(ids)` and `decode(token)` return logits; the runner's greedy loop is in "
-        "`runner/common/lmeval.py`.",
+        "`runner/common/lmeval.py`. The snippets below show the same loop on the runtime's app API.",
     ]
-    names = {k: v for k, v in lm.items() if k in ("signatures", "method", "methods", "tensors", "cache_tensors")}
+    names = {k: v for k, v in lm.items() if k in ("signatures", "method", "methods", "tensors", "cache_tensors",
+                                                  "past_inputs", "present_outputs")}
     if names:
         lines += ["", "Names in the artifact: " + ", ".join(f"{k} `{v}`" for k, v in names.items())]
     return lines
 
 
 def bundle_readme(manifest: dict) -> str:
-    """README.md for the app developer: runtime, inputs/outputs, how to benchmark on the device."""
+    """README.md for the app developer: runtime and version, inputs/outputs, app snippets, on-device benchmark."""
+    from edgeopt.appnotes import app_notes
+
     art = manifest["artifacts"][0]
-    versions = manifest.get("toolchain", {})
-    runtime = art["runtime"]
-    version = versions.get(runtime, "see manifest.json")
+    threads = int(((manifest.get("profile") or {}).get("compute") or {}).get("threads") or 4)
+    notes = app_notes(art, manifest.get("toolchain", {}), threads=threads)
+    version = notes.version or "(not recorded: see manifest.json)"
 
     def io_lines(specs):
         return [f"| `{s['name']}` | {s['dtype']} | {s['shape']} |" for s in specs]
@@ -213,10 +220,11 @@ def bundle_readme(manifest: dict) -> str:
         "",
         f"Made by edgeopt {manifest['edgeopt_version']} for the `{manifest['profile']['name']}` profile.",
         "",
-        "## Load it in your app",
+        "## The artifact",
         "",
         f"- Artifact: `{art['file']}` ({art['format']}, {art['bytes']} bytes, sha256 `{art['sha256']}`)",
-        f"- Runtime: **{runtime} {version}** — use this version (or newer) of the runtime in the app.",
+        (f"- Runtime: **{art['runtime']} {version}** (pip `{_pip_pin(notes)}`; Android `{', '.join(notes.maven)}`)"
+         " — verified with this version; use it (or newer) in the app."),
         "",
         "Inputs:",
         "",
@@ -231,11 +239,61 @@ def bundle_readme(manifest: dict) -> str:
         *io_lines(art["outputs"]),
         "",
         *(_lm_readme(art) if art.get("lm") else
-          ["Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them."]),
+          ["Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them.",
+           *(["Token ids come from the model's own tokenizer (`tokenizer.json` in the model directory)."]
+             if any(s["name"] == "input_ids" for s in art["inputs"]) else [])]),
         "",
+        *_readme_app_sections(art, notes),
+        *_readme_bench_section(art),
+    ])
+
+
+def _pip_pin(notes) -> str:  # notes: edgeopt.appnotes.AppNotes
+    from edgeopt.appnotes import VERSION_KEY
+
+    return f"{VERSION_KEY[notes.runtime]}=={notes.version}" if notes.version else VERSION_KEY[notes.runtime]
+
+
+def _readme_app_sections(art: dict, notes) -> list[str]:  # notes: edgeopt.appnotes.AppNotes
+    """"Load it in your app": Android (Gradle + Kotlin), iOS (package + Swift), Python (desktop check)."""
+    return [
+        "## Load it in your app",
+        "",
+        "### Android (Kotlin)",
+        "",
+        f"Put `{art['file']}` in `app/src/main/assets/`, then depend on the runtime:",
+        "",
+        "```kotlin", notes.gradle, "```",
+        "",
+        "```kotlin", notes.kotlin, "```",
+        "",
+        *[f"- {n}" for n in notes.notes],
+        "",
+        "### iOS (Swift)",
+        "",
+        f"Add `{art['file']}` to the app target (Copy Bundle Resources), then the package:",
+        "",
+        "```", notes.ios_package, "```",
+        "",
+        "```swift", notes.swift, "```",
+        "",
+        "### Python (desktop check)",
+        "",
+        "Run from this folder: it feeds the first sample of `inputs.npz` to the artifact and compares the",
+        "outputs with the ones the host stored when it built the bundle.",
+        "",
+        "```python", notes.python.rstrip("\n"), "```",
+        "",
+    ]
+
+
+def _readme_bench_section(art: dict) -> list[str]:
+    """How to benchmark on the device: copy, run bench.sh, or drive it from a host with edgeopt."""
+    return [
         "## Benchmark it on the device",
         "",
-        "Copy this folder to the device (it needs Python 3.9+, numpy and the runtime above), then run:",
+        "Copy this whole folder to the device (`adb push`, `scp`); it needs Python 3.9+, numpy and the runtime",
+        f"above (`pip install` the runtime's Python package, see `runner/{art['runtime']}/README.md`). On the device:",
         "",
         "```sh",
         "sh bench.sh --runs 100 --min-seconds 5 --out result.json",
@@ -243,6 +301,14 @@ def bundle_readme(manifest: dict) -> str:
         "",
         "It checks the artifact's sha256 against `manifest.json`, measures load time, first inference,",
         "latency percentiles and peak RSS, checks the outputs against `inputs.npz`, and prints one JSON object.",
-        "From a host with edgeopt: `edgeopt bench THIS_FOLDER --device local`.",
+        "A device without Python can run the runtime's own benchmark binary: `sh bench.sh --native PATH`.",
         "",
-    ])
+        "From a host with edgeopt, which copies the folder, runs it and validates the result:",
+        "",
+        "```sh",
+        "edgeopt bench THIS_FOLDER --device adb            # a phone over adb (adb:SERIAL for one of several)",
+        "edgeopt bench THIS_FOLDER --device ssh://user@host  # a board over ssh",
+        "edgeopt bench THIS_FOLDER --device local           # this machine",
+        "```",
+        "",
+    ]
