@@ -41,21 +41,25 @@ def _profile():
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, tiny_bert_dir):
-    """Two bundles of the tiny BERT (ONNX int8, benchmarked locally; ONNX fp32), a few seconds each."""
+    """Three bundles of the tiny BERT in two formats (ONNX int8 and LiteRT fp32, both benchmarked locally;
+    ONNX fp32, never benchmarked), a few seconds each."""
     out = tmp_path_factory.mktemp("report")
     a = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "a", fmt="onnx", precision="int8",
                     recover_seconds=0)
     b = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "b", fmt="onnx", precision="fp32",
                     recover_seconds=0)
-    bench = api.bench(a.bundle_path, runs=5, min_seconds=0.1, repeats=2, warmup=1)
-    assert bench.saved_to and Path(bench.saved_to).is_file()
-    return a.bundle_path, b.bundle_path, a.manifest, b.manifest
+    c = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "c", fmt="tflite", precision="fp32",
+                    recover_seconds=0)
+    for bundle in (a, c):
+        bench = api.bench(bundle.bundle_path, runs=5, min_seconds=0.1, repeats=2, warmup=1)
+        assert bench.saved_to and Path(bench.saved_to).is_file()
+    return a.bundle_path, b.bundle_path, a.manifest, b.manifest, c.bundle_path, c.manifest
 
 
 def test_summary_and_pareto(bundles):
     from edgeopt.report_html import _collect
 
-    a, b, ma, mb = bundles
+    a, b, ma, mb, _c, _mc = bundles
     text = api.report([a, b])
     assert "onnxruntime/int8" in text and "bench local" in text
     _loaded, points, metric, higher = _collect([a, b])
@@ -77,9 +81,9 @@ def test_summary_and_pareto(bundles):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/install-test-deps.sh installs it)")
 def test_html_in_headless_chromium(bundles, tmp_path):
-    a, b, ma, mb = bundles
+    a, b, ma, mb, c, mc = bundles
     page = tmp_path / "report.html"
-    text = api.report([a, b], html=page)
+    text = api.report([a, b, c], html=page)
     assert f"HTML report: {page}" in text
     html = page.read_text(encoding="utf-8")
     # self-contained: no external URL, no script, images inline
@@ -88,14 +92,15 @@ def test_html_in_headless_chromium(bundles, tmp_path):
     for img in ("pareto-plot", "latency-plot"):
         complete, width, height = seen["imgs"][img]
         assert complete and width > 300 and height > 200, (img, seen["imgs"])
-    n_plan = len(ma["plan"]["rows"]) + len(mb["plan"]["rows"])
+    n_plan = sum(len(m["plan"]["rows"]) for m in (ma, mb, mc))
     assert seen["tables"]["plan"] == n_plan
-    assert seen["tables"]["fidelity"] == len(ma["artifacts"]) + len(mb["artifacts"])
-    assert seen["tables"]["bench"] == 1
-    assert seen["tables"]["points"] >= 2
-    # the plan rows and the fidelity numbers are in the rendered DOM
-    assert "onnxruntime/int8" in dom and f"{ma['fidelity']['mean_cosine']:.5f}" in dom
-    assert f"{mb['fidelity']['mean_cosine']:.5f}" in dom
+    assert seen["tables"]["fidelity"] == sum(len(m["artifacts"]) for m in (ma, mb, mc))
+    assert seen["tables"]["bench"] == 2  # one local run of each format
+    assert seen["tables"]["points"] >= 3
+    # the plan rows, the fidelity numbers and both formats' runs are in the rendered DOM
+    assert "onnxruntime/int8" in dom and "litert/fp32" in dom
+    for m in (ma, mb, mc):
+        assert f"{m['fidelity']['mean_cosine']:.5f}" in dom
 
 
 def _render(html: str, tmp_path: Path) -> tuple[str, dict]:

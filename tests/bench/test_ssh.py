@@ -165,6 +165,16 @@ def test_local_and_ssh_give_the_same_json(bundle, ssh_env, capsys, tmp_path):
     assert json.loads(Path(remote["saved_to"]).read_text())["result"] == remote["result"]
     print(f"\nlocal p50 {a.latency_ms['p50']} ms p90 {a.latency_ms['p90']} ms | "
           f"ssh p50 {b.latency_ms['p50']} ms p90 {b.latency_ms['p90']} ms")
+    # edgeopt report: one page with both devices' runs, in the bench table and the latency plot
+    from edgeopt import api
+
+    page = tmp_path / "report.html"
+    text = api.report([work], html=page)
+    assert "bench local" in text and f"bench {address(ssh_env)}" in text
+    html = page.read_text(encoding="utf-8")
+    bench_table = html.split('class="bench"', 1)[1].split("</table>", 1)[0]
+    assert bench_table.count("<tr>") - 1 == 2 and "local" in bench_table and address(ssh_env) in bench_table
+    assert 'id="latency-plot"' in html
 
 
 def test_connection_refused_is_exit_7(bundle, ssh_env, capsys):
