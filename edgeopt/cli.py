@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -224,18 +225,22 @@ def plan(profile_name: str, model: str | None, fmt: str | None, precision: str |
     if json_out:
         click.echo(json.dumps(p.to_dict(), indent=2))
         return
-    _print_plan(con, p.to_dict(), f"plan for {p.model_name} on {p.profile_name}")
+    given = {"--profile": profile_name, "--model": model, "--format": fmt, "--precision": precision,
+             "--activations": activations}
+    command = " ".join(["edgeopt package", *(f"{k} {shlex.quote(v)}" for k, v in given.items() if v),
+                        *(["--allow-pickle"] if allow_pickle else [])])
+    _print_plan(con, p.to_dict(), f"plan for {p.model_name} on {p.profile_name}", package_command=command)
     if not p.feasible:
         raise _nofit(p)
 
 
-def _print_plan(con, plan_dict: dict, title: str) -> None:
+def _print_plan(con, plan_dict: dict, title: str, package_command: str | None = None) -> None:
     from edgeopt.report_md import PLAN_HEADER, plan_explanation, plan_rows
 
     rows = plan_rows(plan_dict)
     chosen = next((i for i, r in enumerate(plan_dict["rows"]) if r["status"] == "chosen"), None)
     con.table(title, PLAN_HEADER, rows, highlight_row=chosen)
-    for line in plan_explanation(plan_dict):
+    for line in plan_explanation(plan_dict, package_command):
         con.line(line)
 
 

@@ -55,7 +55,8 @@ class Console:
         self.out.print(table)
 
     def line(self, text: str = "") -> None:
-        self.out.print(text, markup=False)
+        # soft_wrap: a long line is left to the terminal, so a command or a path in it copies back whole
+        self.out.print(text, markup=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
         self.err.print(f"[bold red]error:[/] {text}", markup=True, highlight=False) if self.interactive else print(

@@ -60,8 +60,12 @@ def _fidelity_target(ctx: dict) -> str:
     return f"mean cosine >= {ctx['min_cosine']:g}"
 
 
-def plan_explanation(plan_dict: dict) -> list[str]:
-    """Lines under the plan table that say what was judged against what, and how to read the rows."""
+def plan_explanation(plan_dict: dict, package_command: str | None = None) -> list[str]:
+    """Lines under the plan table that say what was judged against what, and how to read the rows.
+
+    ``package_command``: the ``edgeopt package`` line that builds this plan (the same --profile, --model,
+    --format... as the plan was made with); default ``edgeopt package --profile <profile name>``.
+    """
     ctx = plan_dict.get("context") or {}
     if not ctx:
         return []
@@ -97,8 +101,8 @@ def plan_explanation(plan_dict: dict) -> list[str]:
         lines.append(f"chosen: {c['runtime']}/{c['precision']}.")
     elif first:
         c = first["candidate"]
-        lines.append(f"next: `edgeopt package --profile {plan_dict['profile']}` builds {c['runtime']}/{c['precision']} "
-                     "first.")
+        command = package_command or f"edgeopt package --profile {plan_dict['profile']}"
+        lines.append(f"next: `{command}` builds {c['runtime']}/{c['precision']} first.")
     elif any(r.get("fidelity") or r.get("attempts") for r in plan_dict["rows"]):
         lines.append("nothing passed: every candidate built missed the fidelity target (cosine column; the reason "
                      "lists each attempt). Lower targets.fidelity.min_cosine, give pruning more distillation "
