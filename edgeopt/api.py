@@ -326,7 +326,7 @@ def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_sec
     """
     from dataclasses import replace
 
-    from edgeopt.bench import (
+    from edgeopt.benchmark import (
         BenchOptions,
         DeviceKind,
         compare,
@@ -335,8 +335,8 @@ def bench(bundle: str | Path, *, device: str = "local", runs: int = 100, min_sec
         run_on,
         save_record,
     )
-    from edgeopt.bench.job import parse_cores
-    from edgeopt.bench.ssh import SshOptions
+    from edgeopt.benchmark.job import parse_cores
+    from edgeopt.benchmark.ssh import SshOptions
     from edgeopt.bundle import Bundle
 
     b = Bundle.open(bundle)

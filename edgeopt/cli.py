@@ -399,7 +399,7 @@ def bench(bundle: str, device: str, runs: int, min_seconds: float, warmup: int, 
     if json_out:
         click.echo(json.dumps({**result.record, "saved_to": result.saved_to}, indent=2))
         return
-    from edgeopt.bench import format_comparison, format_table
+    from edgeopt.benchmark import format_comparison, format_table
 
     con.line(format_table(result))
     con.line(format_comparison(result.comparison))

@@ -55,7 +55,7 @@ class _Loaded:
 
 
 def _load(bundles: list[Path]) -> list[_Loaded]:
-    from edgeopt.bench.store import load_records
+    from edgeopt.benchmark.store import load_records
     from edgeopt.bundle import Bundle
     from edgeopt.errors import InputFileError, UsageError
 

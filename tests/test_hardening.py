@@ -426,7 +426,7 @@ def test_corrupt_artifacts_are_rejected_by_the_runner_without_crashing(all_forma
 
 @pytest.mark.parametrize("file", ["model.onnx", "model.pte", "model.tflite"])
 def test_corrupt_artifact_through_the_host_is_a_clean_error(all_formats_bundle, tmp_path, file):
-    from edgeopt.bench.local import run_local
+    from edgeopt.benchmark.local import run_local
 
     runtime = {"model.onnx": "onnxruntime", "model.pte": "executorch", "model.tflite": "litert"}[file]
     half = (all_formats_bundle / file).read_bytes()
@@ -443,7 +443,7 @@ def test_corrupt_artifact_through_the_host_is_a_clean_error(all_formats_bundle, 
 
 def test_a_runner_killed_by_a_signal_is_a_device_error_naming_it(all_formats_bundle, tmp_path):
     """What the host sees when the runtime dies in native code (here: the runner's process segfaults)."""
-    from edgeopt.bench.local import run_local
+    from edgeopt.benchmark.local import run_local
 
     python = tmp_path / "python3"
     python.write_text(f"#!/bin/sh\nexec '{sys.executable}' -c 'import os, signal; os.kill(os.getpid(), "

@@ -92,7 +92,7 @@ def load_points(paths: Iterable[str | Path]) -> list[Point]:
         InputFileError: a file that is not a stored record, or whose bundle manifest cannot be found.
     """
     from edgeopt.analysis import ModelStats
-    from edgeopt.bench.result import BenchResult
+    from edgeopt.benchmark.result import BenchResult
     from edgeopt.errors import DeviceError
 
     points = []

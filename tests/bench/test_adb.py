@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.bench import BenchOptions, parse_device, parse_result
-from edgeopt.bench.adb import list_devices, run_adb, select_device
-from edgeopt.bench.remote import PollPolicy
+from edgeopt.benchmark import BenchOptions, parse_device, parse_result
+from edgeopt.benchmark.adb import list_devices, run_adb, select_device
+from edgeopt.benchmark.remote import PollPolicy
 from edgeopt.cli import main
 from edgeopt.errors import DeviceError, UnsupportedError
 
@@ -173,7 +173,7 @@ def test_offline_mid_run_is_exit_7_and_the_job_survives(bundle, device, monkeypa
 def test_offline_mid_run_then_back_gets_the_result(bundle, device, monkeypatch, caplog):
     monkeypatch.setenv("FAKE_ADB_OFFLINE_AFTER", "3")
     monkeypatch.setenv("FAKE_ADB_OFFLINE_FOR", "3")  # three failed polls, then the cable is back
-    caplog.set_level(logging.WARNING, logger="edgeopt.bench.remote")
+    caplog.set_level(logging.WARNING, logger="edgeopt.benchmark.remote")
     result = run_adb(bundle, parse_device("adb"), BenchOptions(python=sys.executable, **FAST), policy=QUICK)
     assert result.verified and result.parity["min_cosine"] > 0.9999
     retries = [r.getMessage() for r in caplog.records if "poll failed, retrying" in r.getMessage()]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.bench import format_table, run_local
+from edgeopt.benchmark import format_table, run_local
 from edgeopt.errors import DeviceError, InputFileError, UnsupportedError, UsageError
 
 FAST = {"runs": 5, "min_seconds": 0.05, "repeats": 2, "warmup": 1, "threads": 1, "cooldown_s": 0.0}

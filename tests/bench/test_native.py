@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.bench import BenchResult, compare, run_local
-from edgeopt.bench.job import Artifact, BenchOptions, native_module, result_of
+from edgeopt.benchmark import BenchResult, compare, run_local
+from edgeopt.benchmark.job import Artifact, BenchOptions, native_module, result_of
 from edgeopt.errors import DeviceError, UnsupportedError, UsageError
 from edgeopt.resources import builtin_dir
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeopt.bench import BenchResult, format_table, load_schema, parse_result
+from edgeopt.benchmark import BenchResult, format_table, load_schema, parse_result
 from edgeopt.errors import DeviceError
 from edgeopt.resources import builtin_dir
 
@@ -199,7 +199,7 @@ def test_format_table_numbers():
 
 
 def test_import_is_light():
-    code = ("import sys, edgeopt.bench; heavy = {'torch', 'onnxruntime', 'numpy', 'jsonschema'} & "
+    code = ("import sys, edgeopt.benchmark; heavy = {'torch', 'onnxruntime', 'numpy', 'jsonschema'} & "
             "{m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.bench import BenchOptions, parse_device, parse_result
-from edgeopt.bench.remote import PollPolicy
-from edgeopt.bench.ssh import SshOptions, run_ssh
+from edgeopt.benchmark import BenchOptions, parse_device, parse_result
+from edgeopt.benchmark.remote import PollPolicy
+from edgeopt.benchmark.ssh import SshOptions, run_ssh
 from edgeopt.cli import main
 from edgeopt.errors import DeviceError
 
@@ -230,7 +230,7 @@ def test_a_dropped_connection_does_not_lose_the_run(bundle, ssh_env, tmp_path, c
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = e
 
-    caplog.set_level(logging.WARNING, logger="edgeopt.bench.remote")
+    caplog.set_level(logging.WARNING, logger="edgeopt.benchmark.remote")
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 60

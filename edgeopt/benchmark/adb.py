@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeopt.bench.device import DeviceAddress, DeviceKind
-from edgeopt.bench.job import BenchOptions, tail_text
-from edgeopt.bench.remote import ConnectionLost, PollPolicy, run_remote
-from edgeopt.bench.result import BenchResult
+from edgeopt.benchmark.device import DeviceAddress, DeviceKind
+from edgeopt.benchmark.job import BenchOptions, tail_text
+from edgeopt.benchmark.remote import ConnectionLost, PollPolicy, run_remote
+from edgeopt.benchmark.result import BenchResult
 from edgeopt.errors import DeviceError, UsageError
 
 BASE_DIR = "/data/local/tmp"  # the one folder `adb shell` may write and execute from on every Android

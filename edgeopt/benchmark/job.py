@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.bench.result import BenchResult, parse_result
+from edgeopt.benchmark.result import BenchResult, parse_result
 from edgeopt.errors import DeviceError, InputFileError, UnsupportedError, UsageError
 
 FORMAT_RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch", "tflite": "litert"}

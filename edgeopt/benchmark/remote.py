@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from edgeopt.bench.job import (
+from edgeopt.benchmark.job import (
     MAX_NATIVE_BYTES,
     Artifact,
     BenchOptions,
@@ -34,7 +34,7 @@ from edgeopt.bench.job import (
     stage_bundle,
     verified_artifact,
 )
-from edgeopt.bench.result import MAX_RESULT_BYTES, BenchResult
+from edgeopt.benchmark.result import MAX_RESULT_BYTES, BenchResult
 from edgeopt.errors import DeviceError
 
 log = logging.getLogger(__name__)

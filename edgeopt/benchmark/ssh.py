@@ -15,10 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeopt.bench.device import DeviceAddress, DeviceKind
-from edgeopt.bench.job import BenchOptions, tail_text
-from edgeopt.bench.remote import ConnectionLost, PollPolicy, run_remote
-from edgeopt.bench.result import BenchResult
+from edgeopt.benchmark.device import DeviceAddress, DeviceKind
+from edgeopt.benchmark.job import BenchOptions, tail_text
+from edgeopt.benchmark.remote import ConnectionLost, PollPolicy, run_remote
+from edgeopt.benchmark.result import BenchResult
 from edgeopt.errors import DeviceError, UsageError
 
 SSH_FAILED = 255  # OpenSSH's own exit status; any other is the remote command's

@@ -6,7 +6,7 @@ A stored record is the ``--json`` output of ``edgeopt bench``::
      "device": {"address": "ssh://pi@board", "kind": "ssh", "description": {...the result's device block...}},
      "bundle": {"model": "...", "profile": "...", "artifact": "model.onnx", "runtime": "onnxruntime"},
      "result": {...the runner's JSON, result_schema.json...},
-     "comparison": {...edgeopt.bench.compare...},
+     "comparison": {...edgeopt.benchmark.compare...},
      "cost_inputs": {"precision": "int8", "stats": {...ModelStats...}, "profile": {...}}}
 
 The report and profile calibration read them back with ``load_records`` (each ``result`` validated again:
@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeopt.bench.device import DeviceAddress
-from edgeopt.bench.result import BenchResult
+from edgeopt.benchmark.device import DeviceAddress
+from edgeopt.benchmark.result import BenchResult
 from edgeopt.errors import BundleError, DeviceError, InputFileError
 
 RECORD_VERSION = 1

@@ -45,7 +45,7 @@ class BenchResult:
 
     @property
     def comparison(self) -> dict[str, Any] | None:
-        """Measured vs the plan's estimates and the profile's target (see ``edgeopt.bench.compare``)."""
+        """Measured vs the plan's estimates and the profile's target (see ``edgeopt.benchmark.compare``)."""
         return self.record.get("comparison") if self.record else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeopt.bench.result import BenchResult
+from edgeopt.benchmark.result import BenchResult
 
 MB = 1024 * 1024
 

@@ -9,14 +9,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeopt.bench.job import (
+from edgeopt.benchmark.job import (
     BenchOptions,
     bench_args,
     result_of,
     stage_bundle,
     verified_artifact,
 )
-from edgeopt.bench.result import BenchResult
+from edgeopt.benchmark.result import BenchResult
 from edgeopt.errors import DeviceError
 
 

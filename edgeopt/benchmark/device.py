@@ -110,20 +110,20 @@ def run_on(address: DeviceAddress, bundle_dir, options, *, ssh=None, policy=None
     from pathlib import Path
 
     if address.kind is DeviceKind.LOCAL:
-        from edgeopt.bench.local import run_local_options
+        from edgeopt.benchmark.local import run_local_options
 
         return run_local_options(Path(bundle_dir), options, timeout_s=timeout_s or 600)
     from dataclasses import replace
 
-    from edgeopt.bench.remote import PollPolicy
+    from edgeopt.benchmark.remote import PollPolicy
 
     policy = policy or PollPolicy()
     if timeout_s is not None:
         policy = replace(policy, timeout_s=timeout_s)
     if address.kind is DeviceKind.SSH:
-        from edgeopt.bench.ssh import SshOptions, run_ssh
+        from edgeopt.benchmark.ssh import SshOptions, run_ssh
 
         return run_ssh(Path(bundle_dir), address, options, ssh=ssh or SshOptions.from_env(), policy=policy)
-    from edgeopt.bench.adb import run_adb
+    from edgeopt.benchmark.adb import run_adb
 
     return run_adb(Path(bundle_dir), address, options, policy=policy)
