@@ -141,6 +141,17 @@ def _unknown(lang_comment: str, spec: dict) -> str:
             f"see the runtime's docs for {spec['dtype']} tensors")
 
 
+def _mapped(specs: list[dict], table: dict, lines: list[str], *, usable=lambda _t: True, indent: str = ""):
+    """Yield ``(spec, entry)`` for each spec whose dtype ``table`` maps (and ``usable`` accepts); each other spec
+    gets a comment line in ``lines``, in order, saying there is no mapping."""
+    for spec in specs:
+        entry = table.get(str(spec["dtype"]))
+        if entry is None or not usable(entry):
+            lines.append(indent + _unknown("//", spec))
+            continue
+        yield spec, entry
+
+
 def _io_comment(spec: dict) -> str:
     return f"{spec['name']}: {spec['dtype']} {_shape(spec)}"
 
@@ -175,22 +186,14 @@ def _kotlin_ort(art: dict, threads: int) -> str:
         return "\n".join(lines + ["", *_kotlin_ort_lm(art, lm)])
     lines += ["", "// Inputs: fill these with your tokenizer's ids (row-major, padded to the fixed shape)"]
     feeds = []
-    for spec in art["inputs"]:
-        kt = _kt(spec["dtype"])
-        if kt is None or kt[2] is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, kt in _mapped(art["inputs"], _KOTLIN, lines, usable=lambda kt: kt[2] is not None):
         var = _camel(spec["name"])
         lines.append(f"val {var} = {kt[1]}({_numel(spec)})  // {_io_comment(spec)}")
         shape = ", ".join(str(d) for d in _shape(spec))
         feeds.append(f"    \"{spec['name']}\" to OnnxTensor.createTensor(env, {kt[2]}.wrap({var}), "
                      f"longArrayOf({shape})),")
     lines += ["val feeds = mapOf(", *feeds, ")", "session.run(feeds).use { result ->"]
-    for spec in art["outputs"]:
-        kt = _kt(spec["dtype"])
-        if kt is None or kt[2] is None:
-            lines.append("    " + _unknown("//", spec))
-            continue
+    for spec, kt in _mapped(art["outputs"], _KOTLIN, lines, usable=lambda kt: kt[2] is not None, indent="    "):
         lines.append(f"    val {_camel(spec['name'])} = (result.get(\"{spec['name']}\").get() as OnnxTensor)"
                      f".{kt[2][0].lower() + kt[2][1:]}  // {_io_comment(spec)}")
     lines += ["}", "feeds.values.forEach { it.close() }"]
@@ -258,22 +261,15 @@ def _kotlin_et(art: dict, threads: int) -> str:
         return "\n".join(lines)
     lines += ["", "// Inputs, in this order (a .pte has no input names): fill with your tokenizer's ids"]
     args = []
-    for spec in art["inputs"]:
-        kt = _kt(spec["dtype"])
-        if kt is None or kt[0] == "Boolean":
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, kt in _mapped(art["inputs"], _KOTLIN, lines, usable=lambda kt: kt[0] != "Boolean"):
         var = _camel(spec["name"])
         shape = ", ".join(str(d) for d in _shape(spec))
         lines.append(f"val {var} = Tensor.fromBlob({kt[1]}({_numel(spec)}), longArrayOf({shape}))  "
                      f"// {_io_comment(spec)}")
         args.append(f"EValue.from({var})")
     lines.append(f"val outputs = module.forward({', '.join(args)})")
-    for i, spec in enumerate(art["outputs"]):
-        kt = _kt(spec["dtype"])
-        if kt is None or kt[0] == "Boolean":
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, kt in _mapped(art["outputs"], _KOTLIN, lines, usable=lambda kt: kt[0] != "Boolean"):
+        i = art["outputs"].index(spec)  # a .pte's outputs are positional
         lines.append(f"val {_camel(spec['name'])} = outputs[{i}].toTensor().dataAs{kt[0]}Array  "
                      f"// {_io_comment(spec)}")
     return "\n".join(lines)
@@ -293,18 +289,10 @@ def _kotlin_litert(art: dict, threads: int) -> str:
              "fd.declaredLength)"),
              f"val interpreter = Interpreter(mapped, Interpreter.Options().setNumThreads({threads}))"]
     feeds, outputs = [], []
-    for spec in ins:
-        kt = _kt(spec["dtype"])
-        if kt is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, kt in _mapped(ins, _KOTLIN, lines):
         lines.append(f"val {_camel(spec['name'])} = {kt[1]}({_numel(spec)})  // {_io_comment(spec)}")
         feeds.append(f"    \"{spec['name']}\" to {_nested(spec, _camel(spec['name']))},")
-    for spec in outs:
-        kt = _kt(spec["dtype"])
-        if kt is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, kt in _mapped(outs, _KOTLIN, lines):
         size = _numel(spec) * {"Long": 8, "Int": 4, "Float": 4, "Byte": 1, "Boolean": 1}[kt[0]]
         var = _camel(spec["name"]) + "Out"
         lines.append(f"val {var} = ByteBuffer.allocateDirect({size}).order(ByteOrder.nativeOrder())"
@@ -413,11 +401,7 @@ def _swift_ort(art: dict, threads: int) -> str:
              f"ofType: \"{art['file'].rsplit('.', 1)[-1]}\")!"),
              "let session = try ORTSession(env: env, modelPath: path, sessionOptions: options)"]
     feeds = []
-    for spec in art["inputs"]:
-        sw = _SWIFT.get(str(spec["dtype"]))
-        if sw is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
         shape = ", ".join(str(d) for d in _shape(spec))
         lines += [f"var {var} = [{sw[0]}](repeating: 0, count: {_numel(spec)})  // {_io_comment(spec)}",
@@ -439,11 +423,7 @@ def _swift_et(art: dict, threads: int) -> str:
              "let module = Module(filePath: path)",
              "try module.load(\"forward\")"]
     args = []
-    for spec in art["inputs"]:
-        sw = _SWIFT.get(str(spec["dtype"]))
-        if sw is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
         shape = ", ".join(str(d) for d in _shape(spec))
         lines.append(f"let {var} = Tensor<{sw[0]}>([{sw[0]}](repeating: 0, count: {_numel(spec)}), "
@@ -465,11 +445,7 @@ def _swift_litert(art: dict, threads: int) -> str:
              "let interpreter = try Interpreter(modelPath: path, options: options)"]
     lines.append(f"let runner = try interpreter.signatureRunner(with: \"{LITERT_SIGNATURE}\")")
     feeds = []
-    for spec in art["inputs"]:
-        sw = _SWIFT.get(str(spec["dtype"]))
-        if sw is None:
-            lines.append(_unknown("//", spec))
-            continue
+    for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
         lines.append(f"let {var} = [{sw[0]}](repeating: 0, count: {_numel(spec)})  // {_io_comment(spec)}")
         feeds.append(f"\"{spec['name']}\": {var}.withUnsafeBufferPointer {{ Data(buffer: $0) }}")

@@ -74,13 +74,24 @@ def minilm():
     return load_model(None)
 
 
-@pytest.fixture
-def small_profile():
-    """A desktop-class profile at short shapes, so tiny-model tests run in seconds."""
+def _small_profile(*, shapes: dict | None = None, fidelity: dict | None = None):
     from edgeopt.profiles import Profile, load_profile
 
     base = load_profile("desktop-cpu").to_dict()
     base["name"] = "test-desktop"
-    base["shapes"] = {"batch": 1, "seq_len": 32}
-    base["targets"] = {"latency_ms": None, "fidelity": {"min_cosine": 0.99}}
+    base["shapes"] = shapes or {"batch": 1, "seq_len": 32}
+    base["targets"] = {"latency_ms": None, "fidelity": fidelity or {"min_cosine": 0.99}}
     return Profile.from_dict(base, source="<test>")
+
+
+@pytest.fixture(scope="session")
+def make_small_profile():
+    """``make_small_profile(shapes=..., fidelity=...)``: a desktop-class profile at short shapes, no latency
+    target, so tiny-model tests run in seconds (session-scoped: module fixtures can use it)."""
+    return _small_profile
+
+
+@pytest.fixture
+def small_profile():
+    """A desktop-class profile at short shapes, so tiny-model tests run in seconds."""
+    return _small_profile()

@@ -25,17 +25,6 @@ EXAMPLE_FILES = {Runtime.ONNXRUNTIME: ("OnnxRuntimeEmbedder.kt", "OnnxRuntimeEmb
                  Runtime.LITERT: ("LiteRtEmbedder.kt", "LiteRtEmbedder.swift")}
 
 
-def _profile(**shapes):
-    from edgeopt.profiles import Profile, load_profile
-
-    base = load_profile("desktop-cpu").to_dict()
-    base["name"] = "test-desktop"
-    base["shapes"] = shapes or {"batch": 1, "seq_len": 32}
-    base["targets"] = {"latency_ms": None, "fidelity": {"min_cosine": 0.99, "max_perplexity_ratio": 1.05,
-                                                         "max_kl": 0.05}}
-    return Profile.from_dict(base, source="<test>")
-
-
 def _need(runtime: Runtime) -> None:
     module, pip = MODULES[runtime]
     if importlib.util.find_spec(module) is None:
@@ -43,7 +32,7 @@ def _need(runtime: Runtime) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, tiny_bert_dir):
+def bundles(tmp_path_factory, tiny_bert_dir, make_small_profile):
     """The tiny BERT packaged once per format (fp32, a few seconds each): {format: (path, manifest)}."""
     from edgeopt import api
 
@@ -51,7 +40,7 @@ def bundles(tmp_path_factory, tiny_bert_dir):
     built = {}
     for fmt, runtime in FORMATS.items():
         if importlib.util.find_spec(MODULES[runtime][0]) is not None:  # else the tests using it skip
-            result = api.package(str(tiny_bert_dir), profile=_profile(), out=out / fmt, fmt=fmt, precision="fp32",
+            result = api.package(str(tiny_bert_dir), profile=make_small_profile(), out=out / fmt, fmt=fmt, precision="fp32",
                                  recover_seconds=0)
             built[fmt] = (Path(result.bundle_path), result.manifest)
     return built
@@ -110,12 +99,14 @@ def test_readme_names_version_io_and_app_code(bundles, fmt):
     assert "sh bench.sh" in readme and "--device adb" in readme and "ssh://user@host" in readme
 
 
-def test_lm_readme_snippet_runs_the_kv_cache_loop(tiny_llama_dir, tmp_path):
+def test_lm_readme_snippet_runs_the_kv_cache_loop(tiny_llama_dir, tmp_path, make_small_profile):
     """A decoder LM bundle (ONNX, explicit past key/values): the README's loop regenerates the host's tokens."""
     from edgeopt import api
 
     _need(Runtime.ONNXRUNTIME)
-    result = api.package(str(tiny_llama_dir), profile=_profile(batch=1, seq_len=16, context_len=48), out=tmp_path,
+    profile = make_small_profile(shapes={"batch": 1, "seq_len": 16, "context_len": 48},
+                                 fidelity={"min_cosine": 0.99, "max_perplexity_ratio": 1.05, "max_kl": 0.05})
+    result = api.package(str(tiny_llama_dir), profile=profile, out=tmp_path,
                          fmt="onnx", precision="fp32", recover_seconds=0)
     bundle = Path(result.bundle_path)
     lm = result.manifest["artifacts"][0]["lm"]

@@ -29,26 +29,17 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def _profile():
-    from edgeopt.profiles import Profile, load_profile
-
-    base = load_profile("desktop-cpu").to_dict()
-    base["name"] = "test-desktop"
-    base["shapes"] = {"batch": 1, "seq_len": 32}
-    base["targets"] = {"latency_ms": None, "fidelity": {"min_cosine": 0.99}}
-    return Profile.from_dict(base, source="<test>")
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, tiny_bert_dir):
+def bundles(tmp_path_factory, tiny_bert_dir, make_small_profile):
     """Three bundles of the tiny BERT in two formats (ONNX int8 and LiteRT fp32, both benchmarked locally;
     ONNX fp32, never benchmarked), a few seconds each."""
     out = tmp_path_factory.mktemp("report")
-    a = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "a", fmt="onnx", precision="int8",
+    profile = make_small_profile()
+    a = api.package(str(tiny_bert_dir), profile=profile, out=out / "a", fmt="onnx", precision="int8",
                     recover_seconds=0)
-    b = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "b", fmt="onnx", precision="fp32",
+    b = api.package(str(tiny_bert_dir), profile=profile, out=out / "b", fmt="onnx", precision="fp32",
                     recover_seconds=0)
-    c = api.package(str(tiny_bert_dir), profile=_profile(), out=out / "c", fmt="tflite", precision="fp32",
+    c = api.package(str(tiny_bert_dir), profile=profile, out=out / "c", fmt="tflite", precision="fp32",
                     recover_seconds=0)
     for bundle in (a, c):
         bench = api.bench(bundle.bundle_path, runs=5, min_seconds=0.1, repeats=2, warmup=1)
@@ -119,12 +110,12 @@ def _render(html: str, tmp_path: Path) -> tuple[str, dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/install-test-deps.sh installs it)")
-def test_all_formats_in_html(tiny_bert_dir, tmp_path):
+def test_all_formats_in_html(tiny_bert_dir, tmp_path, small_profile):
     """--all-formats: every other format is a point of the Pareto plot and a row of the side-by-side table
     (about a minute: it builds ExecuTorch and LiteRT too)."""
     from edgeopt.report_html import _collect
 
-    c = api.package(str(tiny_bert_dir), profile=_profile(), out=tmp_path / "c", fmt="onnx", precision="fp32",
+    c = api.package(str(tiny_bert_dir), profile=small_profile, out=tmp_path / "c", fmt="onnx", precision="fp32",
                     all_formats=True, recover_seconds=0)
     others = [e for e in c.manifest["all_formats"] if e.get("bytes") and e["status"] != "chosen"]
     _loaded, points, _metric, _higher = _collect([c.bundle_path])
