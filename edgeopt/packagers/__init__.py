@@ -86,6 +86,7 @@ class Artifact:
     extra_files: tuple[Path, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     build_seconds: float = 0.0
+    lengths: Any = None  # edgeopt.lengths.Lengths: how the sequence length varies (None: static shapes)
 
     @property
     def runtime(self) -> Runtime:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
 from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.lengths import LengthMode, plan_lengths, run_fitted, seq_shapes, torch_dynamic_shapes
 from edgeopt.packagers import Artifact, Capabilities, Coverage, TensorSpec, register
 from edgeopt.quantize import Activations, Granularity, QuantScheme
 
@@ -100,16 +101,29 @@ class ExecuTorchPackager:
         start = time.perf_counter()
         work_dir.mkdir(parents=True, exist_ok=True)
         example = loaded.example_inputs(*shapes)
-        module, coverage, quant_details = prepare_module(loaded, scheme, example, calibration)
         path = work_dir / "model.pte"
-        delegation = _lower(module, example, path)
+        lengths = plan_lengths(loaded, shapes[1], LengthMode.DYNAMIC)
+        fallback = None
+        try:
+            coverage, quant_details, delegation = _build(loaded, scheme, example, calibration, lengths, path)
+        except ExportError as e:
+            if not lengths.variable:
+                raise
+            fallback = f"dynamic sequence length failed, exported at seq_len {shapes[1]}: {str(e).splitlines()[0]}"
+            lengths = plan_lengths(loaded, shapes[1], LengthMode.STATIC)
+            coverage, quant_details, delegation = _build(loaded, scheme, example, calibration, lengths, path)
+        if fallback:
+            quant_details["lengths_fallback"] = fallback
         ops_yaml = _write_ops_yaml(path, delegation["non_delegated"])
         inputs, outputs = _io_specs(path, loaded)
+        if lengths.variable:  # the metadata holds the upper bound (what memory planning allocates for)
+            inputs = seq_shapes(inputs, lengths, lengths.inputs)
+            outputs = seq_shapes(outputs, lengths, lengths.outputs)
         details = {"backend": "XnnpackBackend", "delegation": delegation, "selective_build": ops_yaml.name,
                    **quant_details}
         return Artifact(path=path, format=Format.PTE, precision=scheme.precision, scheme=scheme, inputs=inputs,
                         outputs=outputs, coverage=coverage, extra_files=(ops_yaml,), details=details,
-                        build_seconds=time.perf_counter() - start)
+                        build_seconds=time.perf_counter() - start, lengths=lengths)
 
     def run(self, artifact: Artifact, samples: list[tuple[np.ndarray, ...]]) -> list[list[np.ndarray]]:
         import numpy as np
@@ -117,11 +131,24 @@ class ExecuTorchPackager:
 
         method = load_method(str(artifact.path))
         dtypes = [spec.dtype for spec in artifact.inputs]
-        results = []
-        for sample in samples:
+
+        def run_one(sample, _length):
             feeds = [torch.from_numpy(np.ascontiguousarray(a, dtype=d)) for a, d in zip(sample, dtypes)]
-            results.append([out.numpy() for out in method.execute(feeds)])
-        return results
+            return [out.numpy() for out in method.execute(feeds)]
+
+        if artifact.lengths is None or not artifact.lengths.variable:
+            return [run_one(sample, None) for sample in samples]
+        ins, outs = tuple(s.name for s in artifact.inputs), tuple(s.name for s in artifact.outputs)
+        return [run_fitted(run_one, sample, ins, outs, artifact.lengths) for sample in samples]
+
+
+def _build(loaded: LoadedModel, scheme: QuantScheme, example: tuple, calibration: list[tuple], lengths, path: Path):
+    """prepare_module then _lower at ``lengths``; returns (coverage, quantization details, delegation report)."""
+    dynamic = torch_dynamic_shapes(lengths, loaded.input_names)
+    module, coverage, quant_details = prepare_module(loaded, scheme, example, calibration, dynamic)
+    # The fp16 wrapper takes *args: torch.export wants the per-input specs as that one argument's.
+    lower_dynamic = (dynamic,) if dynamic and scheme.precision is Precision.FP16 else dynamic
+    return coverage, quant_details, _lower(module, example, path, lower_dynamic)
 
 
 def load_method(path: str):
@@ -161,10 +188,12 @@ def check_scheme(scheme: QuantScheme) -> None:
         raise UnsupportedError("pte: per_group needs a group_size (e.g. 32)")
 
 
-def prepare_module(loaded: LoadedModel, scheme: QuantScheme, example: tuple, calibration: list[tuple]):
+def prepare_module(loaded: LoadedModel, scheme: QuantScheme, example: tuple, calibration: list[tuple],
+                   dynamic_shapes: tuple | None = None):
     """The transformed eager module the artifact is lowered from, its coverage and quantization details.
 
-    ``loaded.module`` is never modified (the pipeline builds several schemes from it). The returned module
+    ``dynamic_shapes`` (torch.export's, for a free sequence axis) reaches the PT2E trace, so the int8 graph
+    keeps that axis symbolic. ``loaded.module`` is never modified (the pipeline builds several schemes from it). The returned module
     computes what the .pte computes (up to kernel rounding): the tight reference for ``run``.
 
     Returns:
@@ -187,7 +216,7 @@ def prepare_module(loaded: LoadedModel, scheme: QuantScheme, example: tuple, cal
             _quantize_embeddings(module, scheme)
         embeddings = _torchao_quantized(module)
         if scheme.precision is Precision.INT8:
-            graph, weights, outliers = _pt2e_int8(module, scheme, example, calibration)
+            graph, weights, outliers = _pt2e_int8(module, scheme, example, calibration, dynamic_shapes)
             coverage = _coverage(module, scheme, in_graph, embeddings | weights, "PT2E XNNPACKQuantizer")
             details = {"quantizer": f"PT2E XNNPACKQuantizer ({scheme.activations.value} activations)"}
             if scheme.activations is Activations.STATIC:
@@ -305,7 +334,7 @@ def _quantize_int4_linears(module, scheme: QuantScheme) -> None:
     quantize_(module, config, filter_fn=wanted)
 
 
-def _pt2e_int8(module, scheme: QuantScheme, example: tuple, calibration: list[tuple]):
+def _pt2e_int8(module, scheme: QuantScheme, example: tuple, calibration: list[tuple], dynamic_shapes=None):
     """int8 linears and convolutions by PT2E with XNNPACKQuantizer (per-channel symmetric weights).
 
     Dynamic activations need no calibration. Static ones are observed (histograms) on ``calibration``;
@@ -338,7 +367,7 @@ def _pt2e_int8(module, scheme: QuantScheme, example: tuple, calibration: list[tu
     keep_filters = [get_module_name_filter(name) for name in scheme.keep_float]
     quantizer.set_filter_function(lambda n: not any(f(n) for f in keep_filters))
     try:
-        graph = torch.export.export(module, example, strict=False).module()
+        graph = torch.export.export(module, example, strict=False, dynamic_shapes=dynamic_shapes).module()
         prepared = prepare_pt2e(graph, quantizer)
         for sample in (calibration or [example]) if static else [example]:
             prepared(*sample)
@@ -495,8 +524,9 @@ def _torchao_quantized(module) -> set[str]:
 # --- lowering ------------------------------------------------------------------------------------
 
 
-def _lower(module, example: tuple, path: Path) -> dict[str, Any]:
-    """Export, lower to XNNPACK, write ``path``; returns the delegation report."""
+def _lower(module, example: tuple, path: Path, dynamic_shapes: tuple | None = None) -> dict[str, Any]:
+    """Export (the sequence axis free up to its bound with ``dynamic_shapes``), lower to XNNPACK, write ``path``;
+    returns the delegation report. Memory planning allocates for the bound."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackPartitioner,
@@ -506,7 +536,7 @@ def _lower(module, example: tuple, path: Path) -> dict[str, Any]:
 
     try:
         with torch.no_grad():
-            ep = torch.export.export(module, example, strict=False)
+            ep = torch.export.export(module, example, strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as e:
         raise export_failure("pte", "torch.export", e) from e
     try:

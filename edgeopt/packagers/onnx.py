@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
 from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.lengths import LengthMode, Lengths, at_length, plan_lengths, run_fitted, torch_dynamic_shapes
 from edgeopt.packagers import Artifact, Capabilities, TensorSpec, register
 from edgeopt.quantize import Activations, QuantScheme
 
@@ -82,10 +83,16 @@ class OnnxPackager:
         work_dir.mkdir(parents=True, exist_ok=True)
         fp32_path, built, path = work_dir / "model.fp32.onnx", work_dir / "model.built.onnx", work_dir / "model.onnx"
         example = loaded.example_inputs(*shapes)
-        _export_fp32(loaded, example, fp32_path)
+        lengths, fallback = _export_fp32(loaded, example, fp32_path, shapes[1])
         feeds = _feeds(fp32_path, loaded.input_names, calibration)
         parity_feeds = feeds[:2] or _feeds(fp32_path, loaded.input_names, [example])
+        if lengths.variable:  # rewritten graphs must match at a short length too, not only at seq_len
+            short = at_length(tuple(t.numpy() for t in example), loaded.input_names, lengths,
+                              max(lengths.min, shapes[1] // 4))
+            parity_feeds = parity_feeds + _feeds(fp32_path, loaded.input_names, [short])
         coverage, details = None, {}
+        if fallback:
+            details["lengths_fallback"] = fallback
         with onnx_quant.keep_root_logging():
             if scheme.precision is Precision.FP32:
                 fp32_path.rename(built)
@@ -103,12 +110,18 @@ class OnnxPackager:
         inputs, outputs = _io_specs(path)
         return Artifact(path=path, format=Format.ONNX, precision=scheme.precision, scheme=scheme, inputs=inputs,
                         outputs=outputs, coverage=coverage, extra_files=ort_files, details=details,
-                        build_seconds=time.perf_counter() - start)
+                        build_seconds=time.perf_counter() - start, lengths=lengths)
 
     def run(self, artifact: Artifact, samples: list[tuple[np.ndarray, ...]]) -> list[list[np.ndarray]]:
+        """Outputs per sample; a dynamic-length artifact runs each sample at its own length (up to the max)."""
         session = _session(artifact.path)
         names = [i.name for i in session.get_inputs()]
-        return [list(session.run(None, _feed(artifact.inputs, names, sample))) for sample in samples]
+        lengths = artifact.lengths
+        if lengths is None or not lengths.variable:
+            return [list(session.run(None, _feed(artifact.inputs, names, sample))) for sample in samples]
+        ins, outs = tuple(s.name for s in artifact.inputs), tuple(s.name for s in artifact.outputs)
+        return [run_fitted(lambda x, _n: session.run(None, _feed(artifact.inputs, names, x)), sample, ins, outs,
+                           lengths) for sample in samples]
 
 
 def _check_scheme(scheme: QuantScheme, calibration: list[tuple]) -> None:
@@ -128,21 +141,33 @@ _last_export: dict[str, bytes] = {}  # one entry: content key → model bytes (s
 _CACHE_MAX_BYTES = 256 * 1024 * 1024  # larger exports are not held in memory
 
 
-def _export_fp32(loaded: LoadedModel, example: tuple, path: Path) -> None:
-    """torch.onnx (dynamo) export to ``path``.
+def _export_fp32(loaded: LoadedModel, example: tuple, path: Path, seq_len: int) -> tuple[Lengths, str | None]:
+    """torch.onnx (dynamo) export to ``path``: a text encoder with a dynamic sequence axis (``seq``, up to
+    ``seq_len``), anything else at the example's shapes. Returns the lengths and, when the dynamic export
+    failed and the static one was written instead, why.
 
     The last export is kept in memory by content (module class, weights, io names, input shapes): the
     pipeline rebuilds the same model once per keep-float attempt and per precision, and an export of
     MiniLM takes ~10 s against ~1 s for what follows it.
     """
-    key = _content_key(loaded, example)
+    lengths = plan_lengths(loaded, seq_len, LengthMode.DYNAMIC)
+    key = _content_key(loaded, example) + lengths.mode.value
     if key in _last_export:
-        path.write_bytes(_last_export[key])
-        return
-    _export_uncached(loaded, example, path)
+        path.write_bytes(_last_export[key][0])
+        return _last_export[key][1]
+    fallback = None
+    try:
+        _export_uncached(loaded, example, path, lengths)
+    except ExportError as e:
+        if not lengths.variable:
+            raise
+        fallback = f"dynamic sequence length failed, exported at seq_len {seq_len}: {str(e).splitlines()[0]}"
+        lengths = plan_lengths(loaded, seq_len, LengthMode.STATIC)
+        _export_uncached(loaded, example, path, lengths)
     _last_export.clear()
     if path.stat().st_size <= _CACHE_MAX_BYTES:
-        _last_export[key] = path.read_bytes()
+        _last_export[key] = (path.read_bytes(), (lengths, fallback))
+    return lengths, fallback
 
 
 def _content_key(loaded: LoadedModel, example: tuple) -> str:
@@ -159,16 +184,17 @@ def _content_key(loaded: LoadedModel, example: tuple) -> str:
     return h.hexdigest()
 
 
-def _export_uncached(loaded: LoadedModel, example: tuple, path: Path) -> None:
+def _export_uncached(loaded: LoadedModel, example: tuple, path: Path, lengths: Lengths) -> None:
     import torch
 
     sink = io.StringIO()
+    dynamic = torch_dynamic_shapes(lengths, loaded.input_names)
     try:
         # The exporter prints progress lines on stdout; keep the CLI's output ours.
         with torch.no_grad(), contextlib.redirect_stdout(sink):
             torch.onnx.export(loaded.module, example, str(path), input_names=list(loaded.input_names),
                               output_names=list(loaded.output_names), dynamo=True, external_data=False,
-                              verbose=False)
+                              verbose=False, dynamic_shapes=dynamic)
     except Exception as e:  # any exporter failure becomes an ExportError naming the format
         raise export_failure("onnx", "torch.onnx export", e) from e
 
