@@ -81,6 +81,8 @@ class Lengths:
     def to_dict(self) -> dict:
         out = {"mode": self.mode.value, "min": self.min, "max": self.max, "axis": self.axis,
                "inputs": list(self.inputs), "outputs": list(self.outputs)}
+        if self.variable:
+            out["mask"] = MASK  # the input whose last kept position gives the real length
         if self.mode is LengthMode.BUCKETS:
             out["buckets"] = list(self.buckets)
             out["signatures"] = {str(b): self.signatures[b] for b in self.buckets}

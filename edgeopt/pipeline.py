@@ -168,6 +168,7 @@ class _Data:
         _check_finite_reference(loaded, self.reference)
         self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
         self._sensitivity: dict = {}
+        self._probes: dict = {}
 
     def prepare_lm(self, loaded, shapes, say: Progress) -> None:
         """Held-out windows and prompts with the fp32 model's logits and greedy tokens, for the LM gate."""
@@ -177,6 +178,21 @@ class _Data:
         prompt_len, context_len = lm_lengths(loaded.config, shapes.seq_len, shapes.context_len)
         say(f"verify: fp32 reference on held-out text (prompt {prompt_len} tokens, KV cache {context_len})")
         self.lm = quality.prepare(loaded, prompt_len=prompt_len, context_len=context_len)
+
+    def probes(self, loaded, lengths):
+        """The eval samples at their real lengths plus the probe lengths (``lengths.probe_samples``), with the
+        fp32 model's outputs at those lengths; computed once per model and length description."""
+        key = (id(loaded.module), repr(lengths.to_dict()))
+        if key not in self._probes:
+            import torch
+
+            from edgeopt.lengths import probe_samples
+
+            samples = probe_samples(self.eval_np, tuple(loaded.input_names), lengths)
+            with torch.no_grad():
+                reference = [[t.numpy() for t in loaded.module(*(torch.from_numpy(x) for x in s))] for s in samples]
+            self._probes[key] = (samples, reference)
+        return self._probes[key]
 
     def sensitivity(self, loaded):
         if id(loaded.module) not in self._sensitivity:
@@ -341,8 +357,30 @@ def _verify(packager, artifact, loaded, data: _Data):
         return quality.measure(session, data.lm)
 
     outputs = packager.run(artifact, data.eval_np)
-    fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
-    return fidelity, outputs
+    lengths = getattr(artifact, "lengths", None)
+    if lengths is None or not lengths.variable:
+        fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
+        return fidelity, outputs
+    # As the app sends them: every held-out input at its real length, and each bucket (or both bounds), against
+    # the fp32 model at that length; plus every input padded to the maximum. One gate over all of them.
+    samples, reference = data.probes(loaded, lengths)
+    at_lengths = packager.run(artifact, samples)
+    fidelity = compare(data.reference + reference, outputs + at_lengths, loaded.output_names,
+                       logits=loaded.output_names[0] == "logits")
+    by_length = compare(reference, at_lengths, loaded.output_names)
+    artifact.details["lengths_parity"] = {
+        "lengths": sorted({int(s[0].shape[lengths.axis]) for s in samples}),
+        "samples": len(samples), "mean_cosine": round(by_length.mean_cosine, 6),
+        "min_cosine": round(by_length.min_cosine, 6), "max_abs_err": float(f"{by_length.max_abs_err:.3g}")}
+    return fidelity, _Expected(outputs, at_lengths[:len(data.eval_np)])
+
+
+class _Expected(list):
+    """The artifact's host outputs on the eval samples padded to seq_len, and (``trimmed``) at their real lengths."""
+
+    def __init__(self, padded: list, trimmed: list):
+        super().__init__(padded)
+        self.trimmed = trimmed
 
 
 def _misses(fidelity, tol) -> str | None:
@@ -464,7 +502,17 @@ def _write_inputs(path: Path, loaded, data: _Data, built: list[Built]) -> None:
         for n, b in enumerate(built):
             key = f"expected.{name}" if n == 0 else f"expected.{b.artifact.path.name}.{name}"
             arrays[key] = np.stack([np.asarray(e[j]) for e in b.expected[:k]])
+            trimmed = getattr(b.expected, "trimmed", None)
+            if trimmed is not None:  # at the real lengths, zero-padded to seq_len: what the device runner runs
+                arrays["trimmed" + key[len("expected"):]] = np.stack(
+                    [_zero_pad(np.asarray(e[j]), np.asarray(full[j]).shape) for e, full in zip(trimmed[:k], b.expected[:k])])
     np.savez(path, **arrays)
+
+
+def _zero_pad(x, shape):
+    import numpy as np
+
+    return np.pad(x, [(0, t - h) for h, t in zip(x.shape, shape)])
 
 
 def _lm_arrays(data: _Data, built: list[Built]) -> dict:
@@ -515,4 +563,5 @@ def _artifact_entry(staging: Path, b: Built) -> dict:
         "details": art.details,
         "build_seconds": round(art.build_seconds, 2),
         **({"lm": art.details["lm"]} if "lm" in (art.details or {}) else {}),
+        **({"lengths": art.lengths.to_dict()} if getattr(art, "lengths", None) is not None else {}),
     }

@@ -2,7 +2,7 @@
 # Benchmark this edgeopt bundle on this device; prints one JSON result on stdout (logs on stderr).
 #
 # usage: sh bench.sh [--runtime NAME | --artifact FILE] [--threads N] [--cores 4,5,6,7]
-#                    [--warmup 10] [--runs 100] [--min-seconds 5] [--repeats 3] [--out result.json]
+#                    [--warmup 10] [--runs 100] [--min-seconds 5] [--repeats 3] [--seq-len N] [--out result.json]
 #        PYTHON=/path/to/python3 sh bench.sh ...     (default: python3, else python)
 #        python3 runner/common/runner.py --help      (every flag and threshold)
 # Needs Python 3.9+, numpy and the artifact's runtime (e.g. pip install onnxruntime).

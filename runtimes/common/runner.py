@@ -6,7 +6,12 @@ Runs ON THE DEVICE with Python 3.9+, the standard library, numpy and the artifac
 adapters sit beside it as ``runner/<runtime>/backend.py``.
 
     python3 runner/common/runner.py --bundle DIR [--runtime NAME] [--artifact FILE] [--threads N]
-        [--cores 0,1,2,3] [--warmup 10] [--runs 100] [--min-seconds 5] [--repeats 3] [--out result.json]
+        [--cores 0,1,2,3] [--warmup 10] [--runs 100] [--min-seconds 5] [--repeats 3] [--seq-len N]
+        [--out result.json]
+
+A text encoder exported with variable lengths (manifest ``lengths``: dynamic, or buckets) runs as an app
+sends it: each stored sample trimmed to its real length (from the attention mask) and run at that length or
+the smallest bucket that holds it; ``--seq-len N`` times every run at N tokens instead.
 
 stdout carries exactly one JSON object (the shape is ``result_schema.json``); logs go to stderr.
 Exit codes: 0 measured (read ``valid``) · 2 bad flags · 3 artifact or bundle file missing, unreadable or
@@ -85,6 +90,9 @@ def parse_args(argv):
                    help="invalid when the hottest thermal zone rose by more than this many degrees C")
     p.add_argument("--max-freq-drop", type=_non_negative_float, default=0.15,
                    help="invalid when the mean CPU frequency fell by more than this fraction")
+    p.add_argument("--seq-len", type=_positive_int,
+                   help="text encoders with variable lengths: time every run at this many tokens (default: the "
+                        "stored samples in turn, each at its real length)")
     p.add_argument("--new-tokens", type=_positive_int, default=64,
                    help="decoder LMs: tokens generated per timed generation (capped by the KV cache)")
     p.add_argument("--out", help="also write the JSON result to this file")
@@ -258,8 +266,10 @@ def load_inputs_npz(bundle):
         raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
 
 
-def read_samples(bundle, art):
+def read_samples(bundle, art, trimmed=False):
     """Inputs ``[K, ...]`` per manifest input, plus reference and (where present) expected outputs.
+
+    ``trimmed``: the host outputs at the samples' real lengths (``trimmed.*``), where the bundle has them.
 
     A missing key, a shape that contradicts the manifest or too few samples is exit 3: a broken bundle,
     not something the runtime should be blamed for.
@@ -275,7 +285,10 @@ def read_samples(bundle, art):
     for spec in art["outputs"]:
         references[spec["name"]] = _samples(arrays, path, "reference." + spec["name"], k)[:k]
         # A bundle with several artifacts keeps each one's host outputs as expected.<file>.<output>.
-        for key in ("expected.%s.%s" % (art["file"], spec["name"]), "expected." + spec["name"]):
+        keys = ("expected.%s.%s" % (art["file"], spec["name"]), "expected." + spec["name"])
+        if trimmed:
+            keys = tuple("trimmed" + key[len("expected"):] for key in keys) + keys
+        for key in keys:
             if key in arrays:
                 expected[spec["name"]] = _samples(arrays, path, key, k)[:k]
                 break
@@ -302,8 +315,8 @@ def _cast(path, key, value, dtype):
 def _check_shape(path, key, shape, manifest_shape):
     if not isinstance(manifest_shape, list):
         return
-    # Dynamic dimensions are written as names or null in the manifest; only fixed ones are compared.
-    fixed = [d if isinstance(d, int) and not isinstance(d, bool) else None for d in manifest_shape]
+    # Dynamic dimensions are written as names, null or -1 in the manifest; only fixed ones are compared.
+    fixed = [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None for d in manifest_shape]
     if len(fixed) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
         raise RunnerExit(EXIT_BAD_FILE, "%s: %r samples have shape %s, the manifest says %s"
                          % (path, key, list(shape), manifest_shape))
@@ -312,6 +325,92 @@ def _check_shape(path, key, shape, manifest_shape):
 def sample_feeds(inputs, index):
     """The feeds dict of sample ``index`` (batch dim kept: sample arrays are ``[K, *input_shape]``)."""
     return {name: np.ascontiguousarray(value[index]) for name, value in inputs.items()}
+
+
+# ------------------------------------------------------------------------------------------ lengths
+
+
+def artifact_lengths(art):
+    """The artifact's ``lengths`` entry when its sequence length varies (dynamic or buckets), else None."""
+    lengths = art.get("lengths")
+    if not isinstance(lengths, dict) or lengths.get("mode") == "static":
+        return None
+    where = "manifest artifact %s: lengths" % art["file"]
+    mode, top = lengths.get("mode"), lengths.get("max")
+    if mode not in ("dynamic", "buckets") or not isinstance(top, int) or top < 1:
+        raise RunnerExit(EXIT_BAD_FILE, "%s needs mode dynamic|buckets|static and an integer max, got %r"
+                         % (where, {k: lengths.get(k) for k in ("mode", "max")}))
+    if mode == "buckets":
+        buckets = lengths.get("buckets")
+        if not isinstance(buckets, list) or not buckets or sorted(buckets) != buckets or buckets[-1] != top:
+            raise RunnerExit(EXIT_BAD_FILE, "%s.buckets must be increasing lengths ending at max %d, got %r"
+                             % (where, top, buckets))
+    if not isinstance(lengths.get("inputs"), list) or lengths.get("mask") not in lengths["inputs"]:
+        raise RunnerExit(EXIT_BAD_FILE, "%s needs 'inputs' (the tensors with a sequence axis) including 'mask'" % where)
+    return lengths
+
+
+def fit_length(lengths, n):
+    """The length to run ``n`` real tokens at: ``n`` (dynamic, at least ``min``) or the smallest bucket holding it."""
+    if n > lengths["max"]:
+        raise RunnerExit(EXIT_USAGE, "%d tokens exceed the artifact's maximum length %d; truncate the input to %d "
+                                     "tokens (or package with a larger shapes.seq_len)" % (n, lengths["max"],
+                                                                                          lengths["max"]))
+    if lengths["mode"] == "dynamic":
+        return max(n, int(lengths.get("min", 1)))
+    return min(b for b in lengths["buckets"] if b >= n)
+
+
+def real_length(feeds, lengths):
+    """Tokens up to the last position the attention mask keeps (over the batch); at least 1."""
+    mask = np.asarray(feeds[lengths["mask"]])
+    kept = np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=0))[0]
+    return int(kept[-1]) + 1 if kept.size else 1
+
+
+def feeds_at(feeds, lengths, n):
+    """``feeds`` cut or zero-padded (attention mask 0: padding) along the sequence axis to ``n`` tokens."""
+    axis, out = int(lengths.get("axis", 1)), {}
+    for name, value in feeds.items():
+        if name in lengths["inputs"]:
+            have = value.shape[axis]
+            if have >= n:
+                value = np.take(value, np.arange(n), axis=axis)
+            else:
+                pad = [(0, 0)] * value.ndim
+                pad[axis] = (0, n - have)
+                value = np.pad(value, pad)
+        out[name] = np.ascontiguousarray(value)
+    return out
+
+
+def crop(value, lengths, name, n):
+    """An output (or its reference) with a sequence axis cut to the first ``n`` positions."""
+    value = np.asarray(value)
+    if name not in lengths.get("outputs", ()):
+        return value
+    return np.take(value, np.arange(n), axis=int(lengths.get("axis", 1)))
+
+
+def timing_feeds(args, lengths, inputs, k):
+    """(feeds per timed run, in turn; the real lengths; the lengths run at), per ``--seq-len`` or the samples."""
+    if lengths is None:
+        if args.seq_len is not None:
+            raise RunnerExit(EXIT_USAGE, "--seq-len: this artifact has static shapes (every input padded to its "
+                                         "fixed length); drop the flag")
+        return [sample_feeds(inputs, 0)], None, None
+    if args.seq_len is not None:
+        feeds = sample_feeds(inputs, 0)
+        run_len = fit_length(lengths, args.seq_len)
+        return [feeds_at(feeds_at(feeds, lengths, args.seq_len), lengths, run_len)], [args.seq_len], [run_len]
+    out, real, run = [], [], []
+    for i in range(k):
+        feeds = sample_feeds(inputs, i)
+        n = real_length(feeds, lengths)
+        real.append(n)
+        run.append(fit_length(lengths, n))
+        out.append(feeds_at(feeds, lengths, run[-1]))
+    return out, real, run
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -561,9 +660,17 @@ def base_result(args, runtime, threads, art_file, sha, verified):
     }
 
 
-def measure(args, result, model, inputs):
-    """Fill load-independent timings: first inference, the timed repeats and the thermal/frequency readings."""
-    feeds = sample_feeds(inputs, 0)
+def measure(args, result, model, feeds_list):
+    """Fill load-independent timings: first inference, the timed repeats and the thermal/frequency readings.
+
+    Timed runs take ``feeds_list`` in turn (one entry: always the same input)."""
+    feeds = feeds_list[0]
+    turn = [0]
+
+    def run_next():
+        model.run(feeds_list[turn[0] % len(feeds_list)])
+        turn[0] += 1
+
     t0 = time.perf_counter()
     model.run(feeds)
     result["first_inference_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
@@ -573,7 +680,7 @@ def measure(args, result, model, inputs):
     for i in range(args.repeats):
         if i:
             time.sleep(args.cooldown_s)
-        times = timed_block(lambda: model.run(feeds), args.warmup, args.runs, args.min_seconds,
+        times = timed_block(run_next, args.warmup, args.runs, args.min_seconds,
                             args.max_seconds, args.max_runs)
         p90s.append(round(float(np.percentile(np.asarray(times), 90)), 4))
         all_times.extend(times)
@@ -585,16 +692,31 @@ def measure(args, result, model, inputs):
     result["timed_runs"] = len(all_times)
 
 
-def check_parity(result, model, inputs, references, expected, k, output_names, order):
-    """Run every sample, fill ``parity``; returns the non-finite reason (parity stays null then) or None."""
+def check_parity(result, model, inputs, references, expected, k, output_names, order, lengths=None):
+    """Run every sample, fill ``parity``; returns the non-finite reason (parity stays null then) or None.
+
+    With ``lengths`` each sample runs as an app sends it (trimmed to its real length, then at that length or the
+    smallest bucket) and is compared on its real positions."""
     outputs = {name: [] for name in output_names}
+    refs, host = {name: [] for name in output_names}, {name: [] for name in expected}
     for i in range(k):
-        produced = model.run(sample_feeds(inputs, i))
+        feeds = sample_feeds(inputs, i)
+        n = real_length(feeds, lengths) if lengths else None
+        produced = model.run(feeds_at(feeds, lengths, fit_length(lengths, n)) if lengths else feeds)
         for name, index in zip(output_names, order):
-            outputs[name].append(np.asarray(produced[index]))
+            if lengths is None:
+                outputs[name].append(np.asarray(produced[index]))
+                refs[name].append(references[name][i])
+                if name in expected:
+                    host[name].append(expected[name][i])
+                continue
+            outputs[name].append(crop(produced[index], lengths, name, n))
+            refs[name].append(crop(references[name][i], lengths, name, n))
+            if name in expected:
+                host[name].append(crop(expected[name][i], lengths, name, n))
     reason = nonfinite_reason(outputs)
     if reason is None:
-        result["parity"] = parity(outputs, references, expected)
+        result["parity"] = parity(outputs, refs, host)
     return reason
 
 
@@ -644,7 +766,12 @@ def run_benchmark(args):
     result = verified_result(args, bundle, manifest, art, runtime, threads)
     if isinstance(art.get("lm"), dict):
         return run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result)
-    inputs, references, expected, k = read_samples(bundle, art)
+    lengths = artifact_lengths(art)
+    inputs, references, expected, k = read_samples(bundle, art, trimmed=lengths is not None)
+    feeds_list, real_lengths, run_lengths = timing_feeds(args, lengths, inputs, k)
+    if lengths is not None:
+        result["lengths"] = {"mode": lengths["mode"], "max": lengths["max"], "seq_len": args.seq_len,
+                             "real": real_lengths, "run": run_lengths}
     backend, version = load_backend(runtime)
     result["runtime"]["version"] = version[:64]
     log("%s %s, %s, %d threads, %d samples" % (runtime, version, art["file"], threads, k))
@@ -654,9 +781,9 @@ def run_benchmark(args):
     result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
     output_names = [spec["name"] for spec in art["outputs"]]
     order = output_order(model, output_names)
-    _call_runtime("run", art["file"], runtime, lambda: measure(args, result, model, inputs))
+    _call_runtime("run", art["file"], runtime, lambda: measure(args, result, model, feeds_list))
     nonfinite = _call_runtime("run", art["file"], runtime, lambda: check_parity(
-        result, model, inputs, references, expected, k, output_names, order))
+        result, model, inputs, references, expected, k, output_names, order, lengths))
     result["peak_rss_mb"] = peak_rss_mb()
     validity(result, args, nonfinite)
     return result
