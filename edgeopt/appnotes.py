@@ -164,6 +164,18 @@ def _notes(runtime: Runtime, artifact: dict, version: str | None) -> list[str]:
     if runtime is Runtime.ONNXRUNTIME:
         notes.append("`onnxruntime-android` runs `model.onnx` and `model.ort`; a reduced-size custom build "
                      "can take `model.required_operators.config` (ORT's `--include_ops_by_config`).")
+    lengths = _lengths(artifact)
+    if lengths:
+        seq = ", ".join(lengths.get("inputs") or [])
+        if lengths["mode"] == "dynamic":
+            notes.append(f"Sequence length is dynamic ({lengths['min']}..{lengths['max']} tokens): do not pad. Cut "
+                         f"{seq} to the real length n (the last 1 in attention_mask, plus one) and run at n; "
+                         f"outputs with a sequence axis come back with n positions. More than {lengths['max']} "
+                         f"tokens: truncate to {lengths['max']}.")
+        else:
+            notes.append(f"Sequence length comes in buckets {lengths['buckets']} (one signature each, shared "
+                         f"weights): pad {seq} to the smallest bucket that holds the real length n (attention_mask 0 "
+                         f"on the padding), call that bucket's signature, and read the first n positions.")
     if runtime is Runtime.LITERT:
         notes.append("LiteRT Maven and pip releases share their version (tag vX.Y.Z); if Google Maven lacks "
                      "this exact patch, use the newest X.Y.* there.")
@@ -171,6 +183,40 @@ def _notes(runtime: Runtime, artifact: dict, version: str | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ Kotlin
+
+
+def _lengths(art: dict) -> dict | None:
+    """The artifact's ``lengths`` entry when its sequence length varies, else None (static shapes)."""
+    lengths = art.get("lengths")
+    return lengths if isinstance(lengths, dict) and lengths.get("mode") in ("dynamic", "buckets") else None
+
+
+def _fill_comment(art: dict) -> str:
+    lengths = _lengths(art)
+    if lengths and lengths["mode"] == "dynamic":
+        return "\n".join(["// Inputs: your tokenizer's ids at their real length n, unpadded", *_n_line(art, "val")])
+    return "// Inputs: fill these with your tokenizer's ids (row-major, padded to the fixed shape)"
+
+
+def _n_line(art: dict, keyword: str) -> list[str]:
+    """``val n = ...`` (Kotlin) / ``let n = ...`` (Swift) for a dynamic sequence axis, written ``n`` in the shapes."""
+    lengths = _lengths(art)
+    if not lengths or lengths["mode"] != "dynamic":
+        return []
+    return [f"{keyword} n = tokenCount  // real tokens, {lengths['min']}..{lengths['max']} (truncate longer input)"]
+
+
+def _dims(spec: dict) -> str:
+    """The shape as code: a dynamic (-1) axis is ``n``."""
+    return ", ".join("n" if d < 0 else str(d) for d in _shape(spec))
+
+
+def _count(spec: dict) -> str:
+    """The element count as code: ``n`` times the fixed dimensions when an axis is dynamic."""
+    fixed = _numel(spec)
+    if all(d >= 0 for d in _shape(spec)):
+        return str(fixed)
+    return "n" if fixed == 1 else f"{fixed} * n"
 
 
 def _kotlin_ort(art: dict, threads: int) -> str:
@@ -184,12 +230,12 @@ def _kotlin_ort(art: dict, threads: int) -> str:
              f"val session = env.createSession(context.assets.open(\"{art['file']}\").readBytes(), options)"]
     if lm:
         return "\n".join(lines + ["", *_kotlin_ort_lm(art, lm)])
-    lines += ["", "// Inputs: fill these with your tokenizer's ids (row-major, padded to the fixed shape)"]
+    lines += ["", _fill_comment(art)]
     feeds = []
     for spec, kt in _mapped(art["inputs"], _KOTLIN, lines, usable=lambda kt: kt[2] is not None):
         var = _camel(spec["name"])
-        lines.append(f"val {var} = {kt[1]}({_numel(spec)})  // {_io_comment(spec)}")
-        shape = ", ".join(str(d) for d in _shape(spec))
+        lines.append(f"val {var} = {kt[1]}({_count(spec)})  // {_io_comment(spec)}")
+        shape = _dims(spec)
         feeds.append(f"    \"{spec['name']}\" to OnnxTensor.createTensor(env, {kt[2]}.wrap({var}), "
                      f"longArrayOf({shape})),")
     lines += ["val feeds = mapOf(", *feeds, ")", "session.run(feeds).use { result ->"]
@@ -259,12 +305,13 @@ def _kotlin_et(art: dict, threads: int) -> str:
                   "}",
                   "// prefill: var logits = step(promptIds); decode: logits = step(longArrayOf(argmax(logits)))"]
         return "\n".join(lines)
-    lines += ["", "// Inputs, in this order (a .pte has no input names): fill with your tokenizer's ids"]
+    lines += ["", "// Inputs, in this order (a .pte has no input names): fill with your tokenizer's ids",
+              *_n_line(art, "val")]
     args = []
     for spec, kt in _mapped(art["inputs"], _KOTLIN, lines, usable=lambda kt: kt[0] != "Boolean"):
         var = _camel(spec["name"])
-        shape = ", ".join(str(d) for d in _shape(spec))
-        lines.append(f"val {var} = Tensor.fromBlob({kt[1]}({_numel(spec)}), longArrayOf({shape}))  "
+        shape = _dims(spec)
+        lines.append(f"val {var} = Tensor.fromBlob({kt[1]}({_count(spec)}), longArrayOf({shape}))  "
                      f"// {_io_comment(spec)}")
         args.append(f"EValue.from({var})")
     lines.append(f"val outputs = module.forward({', '.join(args)})")
@@ -401,10 +448,11 @@ def _swift_ort(art: dict, threads: int) -> str:
              f"ofType: \"{art['file'].rsplit('.', 1)[-1]}\")!"),
              "let session = try ORTSession(env: env, modelPath: path, sessionOptions: options)"]
     feeds = []
+    lines += _n_line(art, "let")
     for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
-        shape = ", ".join(str(d) for d in _shape(spec))
-        lines += [f"var {var} = [{sw[0]}](repeating: 0, count: {_numel(spec)})  // {_io_comment(spec)}",
+        shape = _dims(spec).replace("n", "n as NSNumber")  # ORTValue takes [NSNumber]
+        lines += [f"var {var} = [{sw[0]}](repeating: 0, count: {_count(spec)})  // {_io_comment(spec)}",
                   (f"let {var}Value = try ORTValue(tensorData: NSMutableData(bytes: &{var}, length: "
                   f"{var}.count * MemoryLayout<{sw[0]}>.size), elementType: {sw[1]}, shape: [{shape}])")]
         feeds.append(f"\"{spec['name']}\": {var}Value")
@@ -423,10 +471,11 @@ def _swift_et(art: dict, threads: int) -> str:
              "let module = Module(filePath: path)",
              "try module.load(\"forward\")"]
     args = []
+    lines += _n_line(art, "let")
     for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
-        shape = ", ".join(str(d) for d in _shape(spec))
-        lines.append(f"let {var} = Tensor<{sw[0]}>([{sw[0]}](repeating: 0, count: {_numel(spec)}), "
+        shape = _dims(spec)
+        lines.append(f"let {var} = Tensor<{sw[0]}>([{sw[0]}](repeating: 0, count: {_count(spec)}), "
                      f"shape: [{shape}])  // {_io_comment(spec)}")
         args.append(var)
     lines.append(f"let outputs = try module.forward([{', '.join(args)}])")
@@ -552,6 +601,12 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
         feeds.append(f"    \"{spec['name']}\": samples[\"input.{spec['name']}\"][0]{cast},  # {_io_comment(spec)}")
     names = [s["name"] for s in art["outputs"]]
     text = _PY_HEAD.replace("{file}", art["file"]) + "feeds = {\n" + "\n".join(feeds) + "\n}\n"
+    lengths = _lengths(art)
+    if lengths and runtime is not Runtime.LITERT:  # LiteRT buckets: padded to its one signature below
+        seq = tuple(lengths.get("inputs") or ())
+        text += (f"n = int(np.nonzero(feeds[\"{lengths['mask']}\"][0])[0][-1]) + 1  # real tokens: drop the padding\n"
+                 f"feeds = {{k: v[:, :max(n, {lengths['min']})] if k in {seq!r} else v for k, v in feeds.items()}}"
+                 "  # dynamic length\n")
     if runtime is Runtime.ONNXRUNTIME:
         text += ("import onnxruntime as ort\n\n"
                  f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
@@ -569,9 +624,29 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
                  f"interpreter = Interpreter(model_path=\"{art['file']}\", num_threads={threads})\n"
                  f"runner = interpreter.get_signature_runner(\"{LITERT_SIGNATURE}\")\n"
                  "outputs = runner(**feeds)\n")
+    if lengths and runtime is not Runtime.LITERT:
+        seq_out = tuple(lengths.get("outputs") or ())
+        text += (f"diff = max(float(np.max(np.abs(outputs[k] - (host(k, trimmed=True)[:, :n] if k in {seq_out!r} "
+                 f"else host(k, trimmed=True))))) for k in {names!r})\n"
+                 "print(f\"max abs diff vs host: {diff:.3g}\")\n")
+        return text.replace(_PY_HOST.replace("{file}", art["file"]), _PY_HOST_TRIMMED.replace("{file}", art["file"]))
     text += (f"diff = max(float(np.max(np.abs(outputs[n] - host(n)))) for n in {names!r})\n"
              "print(f\"max abs diff vs host: {diff:.3g}\")\n")
     return text
+
+
+_PY_HOST = '''def host(name):
+    """The host's outputs of this artifact (a bundle with several artifacts keys them by file)."""
+    key = "expected.{file}." + name
+    return samples[key if key in samples.files else "expected." + name][0]
+'''
+_PY_HOST_TRIMMED = '''def host(name, trimmed=False):
+    """The host's outputs of this artifact (a bundle with several artifacts keys them by file); ``trimmed``: at
+    the samples' real lengths (trimmed.*, zero-padded to the stored length)."""
+    kind = "trimmed" if trimmed else "expected"
+    key = kind + ".{file}." + name
+    return samples[key if key in samples.files else kind + "." + name][0]
+'''
 
 
 def _python_lm(runtime: Runtime, art: dict, threads: int) -> str:

@@ -89,11 +89,17 @@ def test_readme_names_version_io_and_app_code(bundles, fmt):
     ios = readme.split("### iOS (Swift)")[1].split("### Python")[0]
     array = {"int64": "LongArray", "int32": "IntArray"}
     scalar = {"int64": "Int64", "int32": "Int32"}
+    dynamic = (art.get("lengths") or {}).get("mode") == "dynamic"  # the sequence axis is n, the real length
     for spec in art["inputs"]:
         assert spec["name"] in android and spec["name"] in ios
-        assert f"{array[spec['dtype']]}({spec['shape'][0] * spec['shape'][1]})" in android
-        assert f"[{scalar[spec['dtype']]}](repeating: 0, count: {spec['shape'][1]})" in ios
-    assert "longArrayOf(1, 32)" in android or runtime is Runtime.LITERT  # the fixed shape, batch 1 x seq_len 32
+        count = "n" if dynamic else spec["shape"][0] * spec["shape"][1]
+        assert f"{array[spec['dtype']]}({count})" in android
+        assert f"[{scalar[spec['dtype']]}](repeating: 0, count: {count})" in ios
+    if dynamic:
+        assert "val n = tokenCount  // real tokens, 2..32" in android and "let n = tokenCount" in ios
+        assert "longArrayOf(1, n)" in android
+    else:  # the fixed shape, batch 1 x seq_len 32
+        assert "longArrayOf(1, 32)" in android or runtime is Runtime.LITERT
     if runtime is Runtime.LITERT:
         assert "Interpreter(" in android and "CompiledModel.create(" in android and "runSignature(" in android
     assert "sh bench.sh" in readme and "--device adb" in readme and "ssh://user@host" in readme

@@ -154,18 +154,23 @@ def test_fp32_matches_eager_and_reports_delegation(build, tiny_bert):
     assert art.format is Format.PTE and art.path.name == "model.pte" and art.coverage is None
     assert max_abs_err(b.reference, b.outputs) < FP32_MAX_ABS_ERR
     assert min(cosines(b.reference, b.outputs)) >= MIN_COSINE["fp32"]
-    # I/O read back from the program: three int64 [1, 32] inputs, the pooled and the per-token states.
+    # I/O read back from the program: three int64 [1, seq] inputs, the pooled and the per-token states; the
+    # sequence axis is dynamic up to SEQ (-1 here, the bound in art.lengths; tests/packagers/test_lengths.py).
     assert [(t.name, t.dtype, t.shape) for t in art.inputs] == [
-        ("input_ids", "int64", (1, SEQ)), ("attention_mask", "int64", (1, SEQ)), ("token_type_ids", "int64", (1, SEQ))]
+        ("input_ids", "int64", (1, -1)), ("attention_mask", "int64", (1, -1)), ("token_type_ids", "int64", (1, -1))]
     assert [(t.name, t.dtype, t.shape) for t in art.outputs] == [
-        ("sentence_embedding", "float32", (1, 32)), ("last_hidden_state", "float32", (1, SEQ, 32))]
+        ("sentence_embedding", "float32", (1, 32)), ("last_hidden_state", "float32", (1, -1, 32))]
+    assert art.lengths.max == SEQ
     d = art.details["delegation"]
     # XNNPACK has no LayerNorm: 1 after the embeddings + 2 per layer stay on the portable kernels.
     assert d["non_delegated"]["aten::native_layer_norm.out"] == 5
-    assert d["non_delegated"]["aten::embedding.out"] == 2  # position embeddings are constant-folded
+    assert d["non_delegated"]["aten::embedding.out"] == 3  # position rows too: a lookup with a dynamic axis
     assert d["non_delegated_ops"] == sum(d["non_delegated"].values())
     assert d["total_ops"] == d["delegated_ops"] + d["non_delegated_ops"]
-    assert 0.75 < d["share"] < 1.0  # measured 0.80: every linear, matmul, softmax and GELU is delegated
+    # Measured 0.50 (0.80 at a static length): every linear, matmul, softmax and GELU is delegated; with the
+    # sequence axis dynamic the views become et_view (20, metadata only) and the attention-mask arithmetic runs
+    # on portable kernels between 19 delegate calls.
+    assert 0.45 < d["share"] < 1.0
     assert d["delegate_calls"] == 7  # measured: the XNNPACK subgraphs between the portable ops
 
 
@@ -219,7 +224,8 @@ def test_int8_dynamic_quantizes_every_linear_and_embedding(build, tiny_bert):
     assert np.mean(cosines(b.reference, b.outputs)) >= MIN_COSINE["int8-dynamic"]
     assert max_abs_err(transformed_outputs(tiny_bert, scheme, b), b.outputs) < DYNAMIC_MAX_ABS_ERR
     kernels = b.artifact.details["delegation"]["non_delegated"]
-    assert kernels["quantized_decomposed::embedding_byte.out"] == 2  # word + token type (position is folded)
+    # word, token type and position: with a dynamic sequence axis the position rows are a lookup, not a constant
+    assert kernels["quantized_decomposed::embedding_byte.out"] == 3
     assert "aten::embedding.out" not in kernels
 
 
@@ -374,5 +380,5 @@ def test_minilm_int8_meets_the_target(build, minilm):
     cov = b.artifact.coverage
     assert len(cov.quantized) == 36 + 3 and cov.kept_float == {}
     d = b.artifact.details["delegation"]
-    assert d["non_delegated"]["quantized_decomposed::embedding_byte.out"] == 2
+    assert d["non_delegated"]["quantized_decomposed::embedding_byte.out"] == 3  # position rows too (dynamic axis)
     assert d["non_delegated"]["aten::native_layer_norm.out"] == 13

@@ -90,10 +90,12 @@ def test_registered_light_to_import_and_declares_what_it_builds():
 
 def test_io_is_named_typed_and_fp32_is_tight(tiny_bert_builds, tiny_bert):
     artifact, outputs, reference = tiny_bert_builds["fp32"]
+    # A text encoder's sequence axis is dynamic (-1) up to SEQ (tests/packagers/test_lengths.py).
     assert [(s.name, s.dtype, s.shape) for s in artifact.inputs] == [
-        (name, "int64", (1, SEQ)) for name in tiny_bert.input_names]
+        (name, "int64", (1, -1)) for name in tiny_bert.input_names]
     assert [(s.name, s.dtype, s.shape) for s in artifact.outputs] == [
-        ("sentence_embedding", "float32", (1, 32)), ("last_hidden_state", "float32", (1, SEQ, 32))]
+        ("sentence_embedding", "float32", (1, 32)), ("last_hidden_state", "float32", (1, -1, 32))]
+    assert artifact.lengths.max == SEQ
     for ref, out in zip(reference, outputs):  # measured 7e-7
         assert max(float(np.abs(r - o).max()) for r, o in zip(ref, out)) < 1e-4
 
@@ -114,10 +116,12 @@ def test_tiny_bert_coverage_counts_every_linear_and_table(tiny_bert_builds, name
     cov = tiny_bert_builds[name][0].coverage
     linears = [q for q in cov.quantized if q.startswith("model.encoder.layer.")]
     assert len(linears) == 12  # 2 layers x (query, key, value, attention out, intermediate, output)
-    assert {"model.embeddings.word_embeddings", "model.embeddings.token_type_embeddings"} <= set(cov.quantized)
-    # BertModel's pooler feeds no output of the wrapper, and the position ids are constant at export: the
-    # exporter drops the pooler and folds the 32 position rows read into a [1, 32, 32] constant. 14 in all.
-    assert cov.total == 14 and cov.kept_float == {} and cov.unexpected() == {}
+    assert {"model.embeddings.word_embeddings", "model.embeddings.token_type_embeddings",
+            "model.embeddings.position_embeddings"} <= set(cov.quantized)
+    # BertModel's pooler feeds no output of the wrapper: the exporter drops it. With the sequence axis dynamic
+    # the position ids are no longer constant, so the position table stays a lookup (it was folded into a
+    # [1, 32, 32] constant at a static length). 15 in all.
+    assert cov.total == 15 and cov.kept_float == {} and cov.unexpected() == {}
 
 
 @pytest.mark.parametrize("name, ops", [
@@ -250,7 +254,7 @@ def test_keep_float_layers_and_float_embeddings_are_kept_on_purpose(packager, ti
     artifact = packager.export(tiny_bert, scheme, tmp_path, shapes=(1, SEQ),
                                calibration=tiny_bert.sample_inputs(4, seq_len=SEQ, split="calibration"))
     cov = artifact.coverage
-    assert len(cov.quantized) == 10 and len(cov.kept_float) == 4 and cov.unexpected() == {}
+    assert len(cov.quantized) == 10 and len(cov.kept_float) == 5 and cov.unexpected() == {}  # 3 tables float
     assert {cov.kept_float[k] for k in keep} == {"kept float: keep_float (sensitive layer)"}
     assert cov.kept_float["model.embeddings.word_embeddings"] == "kept float: embeddings not quantized by this scheme"
     assert not set(keep) & set(artifact.details["quantization"]["dynamic_activation_layers"])
@@ -291,7 +295,10 @@ def test_coverage_gate_catches_gemm_layers_left_float_by_matmul_nbits(tiny_bert,
     from edgeopt.packagers import onnx_quant
 
     raw, pre = tmp_path / "raw.onnx", tmp_path / "pre.onnx"
-    onnx_packager._export_fp32(tiny_bert, tiny_bert.example_inputs(1, SEQ), raw)
+    # Static shapes (a file.py:factory model's export): the exporter writes Gemm for the 2-D linears there.
+    from edgeopt.lengths import LengthMode, Lengths
+
+    onnx_packager._export_uncached(tiny_bert, tiny_bert.example_inputs(1, SEQ), raw, Lengths(LengthMode.STATIC, SEQ, SEQ))
     with onnx_quant.keep_root_logging():
         quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -321,7 +328,7 @@ def test_quantizing_leaves_the_root_logger_alone(tiny_bert, tmp_path):
     from edgeopt.packagers import onnx_quant
 
     raw = tmp_path / "raw.onnx"
-    onnx_packager._export_fp32(tiny_bert, tiny_bert.example_inputs(1, SEQ), raw)
+    onnx_packager._export_fp32(tiny_bert, tiny_bert.example_inputs(1, SEQ), raw, SEQ)
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
     with onnx_quant.keep_root_logging():
