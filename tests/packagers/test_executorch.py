@@ -171,7 +171,7 @@ def test_fp32_matches_eager_and_reports_delegation(build, tiny_bert):
     # sequence axis dynamic the views become et_view (20, metadata only) and the attention-mask arithmetic runs
     # on portable kernels between 19 delegate calls.
     assert 0.45 < d["share"] < 1.0
-    assert d["delegate_calls"] == 7  # measured: the XNNPACK subgraphs between the portable ops
+    assert d["delegate_calls"] == 19  # measured (7 at a static length): the XNNPACK subgraphs between the portable ops
 
 
 def test_ops_yaml_is_a_selective_build_op_list(build, tiny_bert):
