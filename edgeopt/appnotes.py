@@ -607,23 +607,7 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
         text += (f"n = int(np.nonzero(feeds[\"{lengths['mask']}\"][0])[0][-1]) + 1  # real tokens: drop the padding\n"
                  f"feeds = {{k: v[:, :max(n, {lengths['min']})] if k in {seq!r} else v for k, v in feeds.items()}}"
                  "  # dynamic length\n")
-    if runtime is Runtime.ONNXRUNTIME:
-        text += ("import onnxruntime as ort\n\n"
-                 f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
-                 f"session = ort.InferenceSession(\"{art['file']}\", options, providers=[\"CPUExecutionProvider\"])\n"
-                 f"names = {names!r}\n"
-                 "outputs = dict(zip(names, session.run(names, feeds)))\n")
-    elif runtime is Runtime.EXECUTORCH:
-        text += ("import executorch.kernels.quantized  # noqa: F401  registers the int8 kernels\n"
-                 "import torch\nfrom executorch.runtime import Runtime\n\n"
-                 f"method = Runtime.get().load_program(\"{art['file']}\").load_method(\"forward\")\n"
-                 "values = method.execute([torch.from_numpy(v) for v in feeds.values()])  # in manifest order\n"
-                 f"outputs = dict(zip({names!r}, (v.numpy() for v in values)))\n")
-    else:
-        text += ("from ai_edge_litert.interpreter import Interpreter\n\n"
-                 f"interpreter = Interpreter(model_path=\"{art['file']}\", num_threads={threads})\n"
-                 f"runner = interpreter.get_signature_runner(\"{LITERT_SIGNATURE}\")\n"
-                 "outputs = runner(**feeds)\n")
+    text += python_run(runtime, art, threads)
     if lengths and runtime is not Runtime.LITERT:
         seq_out = tuple(lengths.get("outputs") or ())
         text += (f"diff = max(float(np.max(np.abs(outputs[k] - (host(k, trimmed=True)[:, :n] if k in {seq_out!r} "
@@ -633,6 +617,28 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
     text += (f"diff = max(float(np.max(np.abs(outputs[n] - host(n)))) for n in {names!r})\n"
              "print(f\"max abs diff vs host: {diff:.3g}\")\n")
     return text
+
+
+def python_run(runtime: Runtime, art: dict, threads: int) -> str:
+    """Python lines that run ``art`` on a ``feeds`` dict (input name -> array, in manifest order) and leave the
+    results in ``outputs`` (output name -> array); imports are hoisted by ``_hoist_imports``."""
+    names = [s["name"] for s in art["outputs"]]
+    if runtime is Runtime.ONNXRUNTIME:
+        return ("import onnxruntime as ort\n\n"
+                f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
+                f"session = ort.InferenceSession(\"{art['file']}\", options, providers=[\"CPUExecutionProvider\"])\n"
+                f"names = {names!r}\n"
+                "outputs = dict(zip(names, session.run(names, feeds)))\n")
+    if runtime is Runtime.EXECUTORCH:
+        return ("import executorch.kernels.quantized  # noqa: F401  registers the int8 kernels\n"
+                "import torch\nfrom executorch.runtime import Runtime\n\n"
+                f"method = Runtime.get().load_program(\"{art['file']}\").load_method(\"forward\")\n"
+                "values = method.execute([torch.from_numpy(v) for v in feeds.values()])  # in manifest order\n"
+                f"outputs = dict(zip({names!r}, (v.numpy() for v in values)))\n")
+    return ("from ai_edge_litert.interpreter import Interpreter\n\n"
+            f"interpreter = Interpreter(model_path=\"{art['file']}\", num_threads={threads})\n"
+            f"runner = interpreter.get_signature_runner(\"{LITERT_SIGNATURE}\")\n"
+            "outputs = runner(**feeds)\n")
 
 
 _PY_HOST = '''def host(name):

@@ -435,15 +435,22 @@ def corpus_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _text_samples(loaded: LoadedModel, n: int, batch: int, seq_len: int, split: str) -> list[tuple]:
+def sample_texts(count: int, split: str) -> list[str]:
+    """The first ``count`` texts that text models' sample inputs tokenize (``split``: calibration or eval);
+    text ``i`` is row ``i % batch`` of sample ``i // batch``, and does not depend on ``count``."""
     sentences = corpus_sentences()
     half = len(sentences) // 2
     pool = sentences[:half] if split == "calibration" else sentences[half:]
     texts = []
-    for i in range(n * batch):
+    for i in range(count):
         k = 1 + (i % 5)  # 1..5 sentences: a spread of real lengths, some filling seq_len
         start = (i * 3) % len(pool)
         texts.append(" ".join(pool[(start + j) % len(pool)] for j in range(k)))
+    return texts
+
+
+def _text_samples(loaded: LoadedModel, n: int, batch: int, seq_len: int, split: str) -> list[tuple]:
+    texts = sample_texts(n * batch, split)
     enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     samples = []
     for s in range(n):

@@ -436,6 +436,7 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built
     from edgeopt.bundle import SCHEMA_VERSION, file_hashes, write_json
     from edgeopt.packagers import get_packager
     from edgeopt.report_md import bundle_readme, bundle_report
+    from edgeopt.tokenizer_bundle import write_tokenizer
 
     for b in built:
         _move_into(staging, b.artifact)
@@ -465,6 +466,9 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built
         manifest["pruning"] = built[0].pruning
     if side_by_side is not None:
         manifest["all_formats"] = side_by_side
+    tokenizer = write_tokenizer(staging, loaded, data, built, samples=PARITY_SAMPLES)
+    if tokenizer:
+        manifest["tokenizer"] = tokenizer
     (staging / "README.md").write_text(bundle_readme(manifest), encoding="utf-8")
     (staging / "report.md").write_text(bundle_report(manifest), encoding="utf-8")
     manifest["files"] = file_hashes(staging)

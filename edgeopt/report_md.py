@@ -210,6 +210,7 @@ def _lm_readme(art: dict) -> list[str]:
 def bundle_readme(manifest: dict) -> str:
     """README.md for the app developer: runtime and version, inputs/outputs, app snippets, on-device benchmark."""
     from edgeopt.appnotes import app_notes
+    from edgeopt.tokenizer_bundle import readme_section
 
     art = manifest["artifacts"][0]
     threads = int(((manifest.get("profile") or {}).get("compute") or {}).get("threads") or 4)
@@ -244,10 +245,13 @@ def bundle_readme(manifest: dict) -> str:
         "",
         *(_lm_readme(art) if art.get("lm") else
           ["Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them.",
-           *(["Token ids come from the model's own tokenizer (`tokenizer.json` in the model directory)."]
+           *([("Token ids come from the model's own tokenizer: `tokenizer/` in this bundle (see Tokenizer below)."
+               if manifest.get("tokenizer") else
+               "Token ids come from the model's own tokenizer (`tokenizer.json` in the model directory).")]
              if any(s["name"] == "input_ids" for s in art["inputs"]) else [])]),
         "",
         *_readme_app_sections(art, notes),
+        *readme_section(manifest, threads),
         *_readme_bench_section(art),
     ])
 
