@@ -282,9 +282,18 @@ def _measure_forward(module: "torch.nn.Module", inputs: tuple) -> tuple[int, int
     excluded = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers(), *inputs)}
     live = _LiveBytes(excluded)
     flop_mode = FlopCounterMode(display=False)
-    with torch.no_grad(), flop_mode, live.mode():
-        out = module(*inputs)
-    del out
+    # FlopCounterMode's module tracker hooks every tensor that requires grad and asserts it has a grad_fn:
+    # a parameter used directly as an activation (DeBERTa's relative embeddings) has none under no_grad.
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.no_grad(), flop_mode, live.mode():
+            out = module(*inputs)
+        del out
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return int(flop_mode.get_total_flops()), int(live.peak), live.ops
 
 

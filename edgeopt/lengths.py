@@ -118,7 +118,9 @@ def text_encoder_axes(loaded: LoadedModel) -> tuple[tuple[str, ...], tuple[str, 
         return None
     if not set(names) <= set(TEXT_INPUTS):
         return None
-    outputs = tuple(n for n in loaded.output_names if n in ("last_hidden_state", "token_embeddings"))
+    from edgeopt.families import PER_TOKEN_OUTPUTS
+
+    outputs = tuple(n for n in loaded.output_names if n in PER_TOKEN_OUTPUTS)
     return names, outputs
 
 

@@ -28,6 +28,7 @@ from edgeopt.errors import (
     UnsupportedError,
     UsageError,
 )
+from edgeopt.families import Modality, Task
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -63,6 +64,7 @@ class LoadedModel:
     family: Family
     config: Any = None
     tokenizer: Any = None
+    task: Task | None = None  # what a Hugging Face model computes (edgeopt.families); None for file.py:factory
     _example: tuple | None = field(default=None, repr=False)
 
     def example_inputs(self, batch: int = 1, seq_len: int = 128) -> tuple["torch.Tensor", ...]:
@@ -141,20 +143,26 @@ def _load_directory(path: Path, *, allow_pickle: bool) -> LoadedModel:
     for w in weights:
         if w.suffix == ".safetensors":
             check_safetensors(w)
-    config, model = _from_pretrained(path, config_dict, use_safetensors=weights[0].suffix == ".safetensors")
-    tokenizer = _tokenizer(path)
-    family = _family(config_dict)
-    module, inputs, outputs = _wrap(model, family, path)
+    from edgeopt.families import resolve
+
+    resolved = resolve(config_dict, where=str(path))
+    pooling = _sentence_pooling(path) if resolved.task is Task.EMBEDDING else None
+    config, model = _from_pretrained(path, resolved, use_safetensors=weights[0].suffix == ".safetensors")
+    tokenizer = _tokenizer(path) if resolved.arch.modality is Modality.TEXT else None
+    family = Family.DECODER if resolved.task is Task.CAUSAL_LM else Family.ENCODER
+    module, inputs, example = _wrap(model, resolved, pooling)
     return LoadedModel(
         name=path.resolve().name,
         source=str(path.resolve()),
         source_sha256=_sha256_files(weights),
         module=module,
         input_names=inputs,
-        output_names=outputs,
+        output_names=resolved.outputs,
         family=family,
         config=config,
         tokenizer=tokenizer,
+        task=resolved.task,
+        _example=example,
     )
 
 
@@ -227,7 +235,9 @@ def check_safetensors(path: Path) -> None:
             )
 
 
-def _from_pretrained(path: Path, config_dict: dict, *, use_safetensors: bool):
+def _from_pretrained(path: Path, resolved, *, use_safetensors: bool):
+    """The transformers model of the class ``config.json`` names (its task's Auto class when transformers has no
+    such class): a ``T5EncoderModel`` checkpoint loads as the encoder, not as the whole encoder-decoder."""
     import torch
     import transformers
     from transformers import AutoConfig
@@ -236,16 +246,12 @@ def _from_pretrained(path: Path, config_dict: dict, *, use_safetensors: bool):
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (ValueError, KeyError, OSError) as e:
         raise UnsupportedError(f"{path}: transformers cannot read this config ({e})") from None
-    arch = (config_dict.get("architectures") or [""])[0]
-    if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
-        auto = transformers.AutoModelForCausalLM
-    elif arch.endswith("ForSequenceClassification"):
-        auto = transformers.AutoModelForSequenceClassification
-    else:
-        auto = transformers.AutoModel
+    cls = getattr(transformers, resolved.class_name, None) if resolved.class_name else None
+    if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+        cls = getattr(transformers, _AUTO_CLASSES.get(resolved.task, "AutoModel"))
     try:
         # eager attention: exports cleanly to every format and runs ~1.5x faster than sdpa once exported.
-        model = auto.from_pretrained(
+        model = cls.from_pretrained(
             path,
             config=config,
             dtype=torch.float32,
@@ -256,6 +262,11 @@ def _from_pretrained(path: Path, config_dict: dict, *, use_safetensors: bool):
     except (OSError, ValueError, RuntimeError) as e:
         raise InputFileError(f"{path}: cannot load the weights ({str(e).splitlines()[0]})") from None
     return config, model.eval()
+
+
+_AUTO_CLASSES = {Task.CAUSAL_LM: "AutoModelForCausalLM", Task.SEQUENCE_CLASSIFICATION: "AutoModelForSequenceClassification",
+                 Task.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification", Task.MASKED_LM: "AutoModelForMaskedLM",
+                 Task.IMAGE_CLASSIFICATION: "AutoModelForImageClassification"}
 
 
 def _tokenizer(path: Path):
@@ -272,36 +283,75 @@ def _tokenizer(path: Path):
     return tok
 
 
-def _family(config: dict) -> Family:
-    arch = (config.get("architectures") or [""])[0]
-    if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel") or config.get("is_decoder"):
-        return Family.DECODER
-    return Family.ENCODER
+def _wrap(model, resolved, pooling):
+    """(module, input names, example inputs or None) for the resolved task; text models make their samples
+    from the tokenizer (or random ids), vision and speech models from an example of their input shape."""
+    import torch
 
-
-def _wrap(model, family: Family, path: Path):
     from edgeopt import wrappers
 
-    if family is Family.DECODER:
-        return wrappers.CausalLMWrapper(model).eval(), ("input_ids", "attention_mask"), ("logits",)
-    if hasattr(model, "classifier") or hasattr(model, "score"):
-        return wrappers.LogitsWrapper(model).eval(), ("input_ids", "attention_mask"), ("logits",)
-    uses_token_types = getattr(model.config, "type_vocab_size", 0) > 0
+    task, config = resolved.task, model.config
+    if task is Task.SPEECH_ENCODER:
+        encoder = model.get_encoder()
+        frames = 2 * int(getattr(config, "max_source_positions", 1500))  # whisper's conv stem halves the frames
+        example = (torch.zeros(1, int(config.num_mel_bins), frames),)
+        return wrappers.SpeechEncoderWrapper(encoder).eval(), ("input_features",), example
+    if resolved.arch.modality is Modality.VISION:
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        example = (torch.zeros(1, int(getattr(config, "num_channels", 3)), size, size),)
+        module = wrappers.VisionWrapper(model, classify=task is Task.IMAGE_CLASSIFICATION)
+        return module.eval(), ("pixel_values",), example
+    if task is Task.CAUSAL_LM:
+        return wrappers.CausalLMWrapper(model).eval(), ("input_ids", "attention_mask"), None
+    uses_token_types = (getattr(config, "type_vocab_size", 0) or 0) > 0
     inputs = ("input_ids", "attention_mask") + (("token_type_ids",) if uses_token_types else ())
-    module = wrappers.EncoderWrapper(model, normalize=_sentence_normalize(path)).eval()
-    return module, inputs, ("sentence_embedding", "last_hidden_state")
+    if task is Task.EMBEDDING:
+        modes, normalize = pooling or (("mean",), False)
+        return wrappers.EncoderWrapper(model, normalize=normalize, pooling=modes).eval(), inputs, None
+    return wrappers.HeadWrapper(model, inputs).eval(), inputs, None
 
 
-def _sentence_normalize(path: Path) -> bool:
-    """Whether the sentence-transformers config ends in a Normalize module (mean pooling is always applied)."""
+_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len", "pooling_mode_weightedmean_tokens": "weightedmean",
+                  "pooling_mode_lasttoken": "lasttoken"}  # in the order sentence-transformers concatenates them
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _sentence_pooling(path: Path) -> tuple[tuple[str, ...], bool] | None:
+    """The sentence-transformers pipeline of ``path`` (``modules.json`` and its Pooling folder's config.json):
+    (pooling modes, L2-normalize), or None for a plain transformers directory (mean pooling, no normalize).
+
+    Raises:
+        InputFileError: modules.json or the pooling config is not what sentence-transformers writes.
+        UnsupportedError: a module edgeopt does not reproduce (Dense, ...), with what to do.
+    """
     modules = path / "modules.json"
     if not modules.is_file():
-        return False
+        return None
     try:
         entries = json.loads(modules.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(entries, list) and any(isinstance(e, dict) and "Normalize" in str(e.get("type", "")) for e in entries)
+    except (OSError, ValueError, RecursionError) as e:
+        raise InputFileError(f"{modules}: not valid JSON ({e})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InputFileError(f"{modules}: expected a list of modules as sentence-transformers writes it")
+    kinds = [str(e.get("type", "")).rsplit(".", 1)[-1] for e in entries]
+    other = [k for k in kinds if k not in _ST_MODULES]
+    if other:
+        raise UnsupportedError(f"{modules}: sentence-transformers module(s) {', '.join(other)} are not reproduced by "
+                               f"edgeopt (it packages {', '.join(_ST_MODULES)}); package the transformer alone "
+                               "(remove modules.json to get its mean-pooled embedding) and apply the rest in the app")
+    modes: tuple[str, ...] = ("mean",)
+    for entry, kind in zip(entries, kinds):
+        if kind != "Pooling":
+            continue
+        cfg = _read_json(path / str(entry.get("path", "")) / "config.json")
+        modes = tuple(mode for key, mode in _POOLING_MODES.items() if cfg.get(key))
+        if not modes:
+            raise InputFileError(f"{path / str(entry.get('path', ''))}/config.json: no pooling_mode_* is true")
+        if cfg.get("include_prompt") is False:
+            raise UnsupportedError(f"{path}: pooling with include_prompt=false needs the prompt length at run time; "
+                                   "edgeopt pools every token (set include_prompt to true or pool in the app)")
+    return modes, "Normalize" in kinds
 
 
 # --- hub ids -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgeopt.errors import EdgeoptError, FidelityError, NoFitError, UnsupportedError
+from edgeopt.families import LOGIT_OUTPUTS
 from edgeopt.formats import Precision, Runtime
 from edgeopt.planner import CandidateRow, Plan, Status, make_plan
 from edgeopt.quantize import Activations
@@ -245,7 +246,11 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
                 _reject(row, str(e))
                 break
             say(f"verify: {row.candidate.key} in {row.candidate.runtime.value} on {len(data.eval)} held-out inputs")
-            fidelity, expected = _verify(packager, artifact, loaded, data)
+            try:
+                fidelity, expected = _verify(packager, artifact, loaded, data)
+            except UnsupportedError as e:
+                _reject(row, str(e))
+                break
             row.attempts.append({"scheme": attempt_scheme.to_dict(), "fidelity": fidelity.to_dict(),
                                  "bytes": artifact.path.stat().st_size, "build_seconds": round(artifact.build_seconds, 2),
                                  **({"pruning": pruning} if pruning else {})})
@@ -339,7 +344,11 @@ def _is_lm(loaded) -> bool:
 
 
 def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data):
-    """The artifact for one attempt: the KV-cache LM export for decoder LMs, else the packager's export."""
+    """The artifact for one attempt: the KV-cache LM export for decoder LMs, else the packager's export.
+    An architecture the format cannot build at this precision (edgeopt.families) is refused first."""
+    from edgeopt.families import check_build
+
+    check_build(getattr(loaded.config, "model_type", None), runtime, scheme.precision)
     if data.lm is None:
         return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
     from edgeopt.packagers.lm import export_lm
@@ -356,17 +365,17 @@ def _verify(packager, artifact, loaded, data: _Data):
         session = quality.open_session(artifact.runtime.value, artifact.path, artifact.details["lm"], data.threads)
         return quality.measure(session, data.lm)
 
-    outputs = packager.run(artifact, data.eval_np)
+    outputs = _run_in_runtime(packager, artifact, data.eval_np)
     lengths = getattr(artifact, "lengths", None)
     if lengths is None or not lengths.variable:
-        fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] == "logits")
+        fidelity = compare(data.reference, outputs, loaded.output_names, logits=loaded.output_names[0] in LOGIT_OUTPUTS)
         return fidelity, outputs
     # As the app sends them: every held-out input at its real length, and each bucket (or both bounds), against
     # the fp32 model at that length; plus every input padded to the maximum. One gate over all of them.
     samples, reference = data.probes(loaded, lengths)
-    at_lengths = packager.run(artifact, samples)
+    at_lengths = _run_in_runtime(packager, artifact, samples)
     fidelity = compare(data.reference + reference, outputs + at_lengths, loaded.output_names,
-                       logits=loaded.output_names[0] == "logits")
+                       logits=loaded.output_names[0] in LOGIT_OUTPUTS)
     by_length = compare(reference, at_lengths, loaded.output_names)
     artifact.details["lengths_parity"] = {
         "lengths": sorted({int(s[0].shape[lengths.axis]) for s in samples}),
@@ -381,6 +390,22 @@ class _Expected(list):
     def __init__(self, padded: list, trimmed: list):
         super().__init__(padded)
         self.trimmed = trimmed
+
+
+def _run_in_runtime(packager, artifact, samples):
+    """The artifact's outputs in its runtime; a runtime that fails on a built artifact is that format's limit for
+    this model (ExportError, exit 4, naming the runtime's message), never a traceback."""
+    try:
+        return packager.run(artifact, samples)
+    except EdgeoptError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the runtime's own error types differ per runtime
+        from edgeopt.errors import ExportError
+
+        first = (str(e).strip().splitlines() or [""])[0][:400]
+        raise ExportError(f"{artifact.runtime.value}: the {artifact.precision.value} artifact was built but fails in "
+                          f"its runtime on held-out inputs ({type(e).__name__}: {first}); try another --format "
+                          "or --precision") from e
 
 
 def _misses(fidelity, tol) -> str | None:
@@ -454,7 +479,8 @@ def _write_bundle(staging: Path, loaded, stats, profile, plan, built: list[Built
         "created_unix": int(time.time()),
         "toolchain": toolchain,
         "model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.source_sha256,
-                  "family": loaded.family.value, "inputs": list(loaded.input_names), "outputs": list(loaded.output_names)},
+                  "family": loaded.family.value,
+                  "task": loaded.task.value if loaded.task else None, "inputs": list(loaded.input_names), "outputs": list(loaded.output_names)},
         "profile": profile.to_dict(),
         "stats": stats.to_dict(),
         "plan": plan.to_dict(),

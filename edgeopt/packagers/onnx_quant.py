@@ -120,7 +120,7 @@ def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict]) -> tu
     for v in stale:
         model.graph.value_info.remove(v)
     inventory = weight_inventory(model)
-    exclude = _keep_float_nodes(inventory, scheme)
+    exclude = _keep_float_nodes(inventory, scheme) + _batched_constant_matmuls(model)
     try:
         if _uses_nbits(scheme):
             details = _nbits(model, dst, scheme, inventory, exclude)
@@ -164,6 +164,14 @@ def check_coverage(inventory: dict[str, WeightRef], quantized_model, scheme: Qua
         raise ExportError(f"onnx: {scheme.precision.value} artifact would leave {len(coverage.unexpected())} of "
                           f"{coverage.total} weights float that the scheme asked to quantize: {names}")
     return coverage
+
+
+def _batched_constant_matmuls(model) -> list[str]:
+    """MatMul nodes whose constant B is not a [in, out] weight but a batched (rank > 2) constant that the
+    exporter folded (DeBERTa's relative-position projections): MatMulInteger takes no per-channel zero point
+    for it, so they stay float; the Linear weights that fed them are folded away with them."""
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 2) > 2]
 
 
 # --- int8 dynamic / static ---------------------------------------------------------------------

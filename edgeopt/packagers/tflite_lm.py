@@ -51,7 +51,6 @@ from edgeopt.quantize import Activations, Granularity, QuantScheme
 if TYPE_CHECKING:  # pragma: no cover
     from edgeopt.models import LoadedModel
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gpt2")
 DECODE_SIGNATURE = "decode"
 TENSORS = {"tokens": "tokens", "input_pos": "input_pos", "mask": "mask", "logits": "logits"}
 CACHE_PREFIX = "kv_cache_"
@@ -79,11 +78,13 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme) -> None:
         raise UnsupportedError(f"tflite lm: {loaded.name} is a {loaded.family.value} model; the LM export takes "
                                "transformers causal LMs (AutoModelForCausalLM)")
     config = loaded.config
+    from edgeopt.families import ARCHS, arch_of
+
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not arch_of(model_type).litert_lm:
+        mapped = sorted(a.model_type for a in ARCHS.values() if a.litert_lm)
         raise UnsupportedError(f"tflite lm: model type {model_type!r} is not mapped by litert's generative path "
-                               f"here (supported: {', '.join(SUPPORTED_MODEL_TYPES)}); export it with --format "
-                               "pte or onnx")
+                               f"here (supported: {', '.join(mapped)}); export it with --format pte or onnx")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = str(rope.get("rope_type", "default")) if isinstance(rope, dict) else "default"
     if "dynamic" in rope_type or "longrope" in rope_type:
