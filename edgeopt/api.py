@@ -176,9 +176,12 @@ def package(model: str | None = None, *, profile="arm-mobile", out: str | Path =
         >>> art = result.manifest["artifacts"][0]
         >>> art["file"], art["runtime"], art["precision"], art["bytes"] < 32 * 2**20
         ('model.onnx', 'onnxruntime', 'int8', True)
-        >>> [(i["name"], i["dtype"], i["shape"]) for i in art["inputs"]]  # doctest: +NORMALIZE_WHITESPACE
-        [('input_ids', 'int64', [1, 128]), ('attention_mask', 'int64', [1, 128]),
-         ('token_type_ids', 'int64', [1, 128])]
+        >>> [(i["name"], i["dtype"], i["shape"]) for i in art["inputs"]]  # -1: the sequence axis is dynamic
+        [('input_ids', 'int64', [1, -1]), ('attention_mask', 'int64', [1, -1]), ('token_type_ids', 'int64', [1, -1])]
+        >>> art["lengths"]["mode"], art["lengths"]["min"], art["lengths"]["max"]  # any length the app sends, up to seq_len
+        ('dynamic', 2, 128)
+        >>> result.manifest["tokenizer"]["golden"]  # the tokenizer travels with the model
+        'tokenizer/golden.json'
         >>> result.manifest["fidelity"]["min_cosine"] >= 0.99  # in onnxruntime, against the fp32 model
         True
     """

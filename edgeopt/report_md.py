@@ -244,7 +244,7 @@ def bundle_readme(manifest: dict) -> str:
         *io_lines(art["outputs"]),
         "",
         *(_lm_readme(art) if art.get("lm") else
-          ["Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them.",
+          [_shape_note(art),
            *([("Token ids come from the model's own tokenizer: `tokenizer/` in this bundle (see Tokenizer below)."
                if manifest.get("tokenizer") else
                "Token ids come from the model's own tokenizer (`tokenizer.json` in the model directory).")]
@@ -254,6 +254,20 @@ def bundle_readme(manifest: dict) -> str:
         *readme_section(manifest, threads),
         *_readme_bench_section(art),
     ])
+
+
+def _shape_note(art: dict) -> str:
+    """How the app sizes inputs: fixed shapes, or the variable sequence axis of ``art["lengths"]``."""
+    from edgeopt.lengths import Lengths, LengthMode
+
+    lengths = Lengths.from_dict(art["lengths"]) if isinstance(art.get("lengths"), dict) else None
+    if lengths is None or not lengths.variable:
+        return "Shapes are fixed at export time (the profile's batch and sequence length): pad inputs to them."
+    if lengths.mode is LengthMode.DYNAMIC:
+        return (f"The sequence axis (-1 above) is dynamic, {lengths.min}..{lengths.max} tokens: send the real length, "
+                "unpadded (see the length note under Load it in your app).")
+    return (f"The sequence length comes in buckets {list(lengths.buckets)}: pad to the smallest bucket that holds "
+            "the text (see the length note under Load it in your app).")
 
 
 def _pip_pin(notes) -> str:  # notes: edgeopt.appnotes.AppNotes

@@ -126,7 +126,8 @@ def test_package_writes_a_verified_bundle(packaged):
     assert {"bench.sh", "README.md", "report.md", "inputs.npz", "runner/common/runner.py",
             "runner/onnxruntime/backend.py"} <= set(manifest["files"])
     readme = (packaged / "README.md").read_text()
-    assert "onnxruntime" in readme and "input_ids" in readme and "[1, 128]" in readme
+    assert "onnxruntime" in readme and "input_ids" in readme and "[1, -1]" in readme
+    assert "is dynamic, 2..128 tokens" in readme and manifest["artifacts"][0]["lengths"]["max"] == 128
     rows = manifest["plan"]["rows"]
     assert sum(r["status"] == "chosen" for r in rows) == 1
     assert all(r["reasons"] for r in rows if r["status"] == "rejected")

@@ -78,6 +78,9 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme) -> None:
         raise UnsupportedError(f"tflite lm: {loaded.name} is a {loaded.family.value} model; the LM export takes "
                                "transformers causal LMs (AutoModelForCausalLM)")
     config = loaded.config
+    if any("sliding" in str(t) for t in (getattr(config, "layer_types", None) or ())):
+        raise UnsupportedError("tflite lm: sliding-window attention layers are not built here (the session "
+                               "masks a full-context cache); export with --format pte or onnx")
     from edgeopt.families import ARCHS, arch_of
 
     model_type = getattr(config, "model_type", None)
@@ -90,9 +93,6 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme) -> None:
     if "dynamic" in rope_type or "longrope" in rope_type:
         raise UnsupportedError(f"tflite lm: RoPE type {rope_type!r} is not built by litert-torch (position-"
                                "dependent scaling); export with --format pte or onnx")
-    if any("sliding" in str(t) for t in (getattr(config, "layer_types", None) or ())):
-        raise UnsupportedError("tflite lm: sliding-window attention layers are not built here (the session "
-                               "masks a full-context cache); export with --format pte or onnx")
     _check_scheme(loaded, scheme)
 
 
