@@ -322,11 +322,29 @@ def _kotlin_et(art: dict, threads: int) -> str:
     return "\n".join(lines)
 
 
+def _litert_buckets(art: dict) -> dict | None:
+    """The artifact's ``lengths`` entry when it is a LiteRT model with one signature per length bucket."""
+    lengths = _lengths(art)
+    return lengths if lengths and lengths["mode"] == "buckets" and lengths.get("signatures") else None
+
+
+def _bucket_pairs(lengths: dict) -> list[tuple[int, str]]:
+    return [(int(b), str(lengths["signatures"][str(b)])) for b in lengths["buckets"]]
+
+
 def _kotlin_litert(art: dict, threads: int) -> str:
     lm = art.get("lm")
     if lm:
         return _kotlin_litert_lm(art, lm, threads)
     ins, outs = art["inputs"], art["outputs"]
+    buckets = _litert_buckets(art)
+    seq_in = set(buckets.get("inputs") or ()) if buckets else set()
+    seq_out = set(buckets.get("outputs") or ()) if buckets else set()
+    sig = "signature" if buckets else f"\"{LITERT_SIGNATURE}\""
+
+    def fed(spec: dict) -> str:  # an input as fed: cut to the chosen bucket when it has the sequence axis
+        var = _camel(spec["name"])
+        return f"{var}.copyOf(bucket)" if spec["name"] in seq_in else var
     lines = ["import com.google.ai.edge.litert.Accelerator", "import com.google.ai.edge.litert.CompiledModel",
              "import org.tensorflow.lite.Interpreter", "import java.nio.ByteBuffer", "import java.nio.ByteOrder",
              "import java.nio.channels.FileChannel", "",
@@ -335,18 +353,29 @@ def _kotlin_litert(art: dict, threads: int) -> str:
              ("val mapped = fd.createInputStream().channel.map(FileChannel.MapMode.READ_ONLY, fd.startOffset, "
              "fd.declaredLength)"),
              f"val interpreter = Interpreter(mapped, Interpreter.Options().setNumThreads({threads}))"]
+    if buckets:
+        pairs = ", ".join(f"{b} to \"{name}\"" for b, name in _bucket_pairs(buckets))
+        lines += [f"// Length buckets {buckets['buckets']}: one signature each, shared weights. Fill the first n "
+                  "positions of the arrays below",
+                  "// (sized for the largest bucket), run the smallest bucket that holds n, read the first n "
+                  "positions back.",
+                  f"val n = tokenCount  // real tokens, 1..{buckets['max']} (truncate longer input)",
+                  f"val buckets = listOf({pairs})  // (length, signature), shortest first",
+                  "val (bucket, signature) = buckets.first { it.first >= n }"]
     feeds, outputs = [], []
     for spec, kt in _mapped(ins, _KOTLIN, lines):
         lines.append(f"val {_camel(spec['name'])} = {kt[1]}({_numel(spec)})  // {_io_comment(spec)}")
-        feeds.append(f"    \"{spec['name']}\" to {_nested(spec, _camel(spec['name']))},")
+        feeds.append(f"    \"{spec['name']}\" to {_nested(spec, fed(spec))},")
     for spec, kt in _mapped(outs, _KOTLIN, lines):
         size = _numel(spec) * {"Long": 8, "Int": 4, "Float": 4, "Byte": 1, "Boolean": 1}[kt[0]]
+        if spec["name"] in seq_out:  # per token: the chosen bucket's positions
+            size = f"{size // int(buckets['max'])} * bucket"
         var = _camel(spec["name"]) + "Out"
         lines.append(f"val {var} = ByteBuffer.allocateDirect({size}).order(ByteOrder.nativeOrder())"
                      f"  // {_io_comment(spec)}")
         outputs.append(f"    \"{spec['name']}\" to {var},")
     lines += ["val inputs = mapOf<String, Any>(", *feeds, ")", "val outputs = mutableMapOf<String, Any>(",
-              *outputs, ")", f"interpreter.runSignature(inputs, outputs, \"{LITERT_SIGNATURE}\")"]
+              *outputs, ")", f"interpreter.runSignature(inputs, outputs, {sig})"]
     for spec in outs:
         kt = _kt(spec["dtype"])
         if kt and kt[2]:
@@ -362,15 +391,14 @@ def _kotlin_litert(art: dict, threads: int) -> str:
         if kt is None:
             continue
         lines.append(f"val {_camel(spec['name'])}Buffer = model.createInputBuffer(\"{spec['name']}\", "
-                     f"\"{LITERT_SIGNATURE}\").apply {{ write{kt[3]}({_camel(spec['name'])}) }}")
+                     f"{sig}).apply {{ write{kt[3]}({fed(spec)}) }}")
         runs_in.append(f"\"{spec['name']}\" to {_camel(spec['name'])}Buffer")
     for spec in outs:
         if _kt(spec["dtype"]) is None:
             continue
-        runs_out.append(f"\"{spec['name']}\" to model.createOutputBuffer(\"{spec['name']}\", "
-                        f"\"{LITERT_SIGNATURE}\")")
+        runs_out.append(f"\"{spec['name']}\" to model.createOutputBuffer(\"{spec['name']}\", {sig})")
     lines += ["val outBuffers = mapOf(" + ", ".join(runs_out) + ")",
-              "model.run(mapOf(" + ", ".join(runs_in) + f"), outBuffers, \"{LITERT_SIGNATURE}\")"]
+              "model.run(mapOf(" + ", ".join(runs_in) + f"), outBuffers, {sig})"]
     for spec in outs:
         kt = _kt(spec["dtype"])
         if kt:
@@ -492,12 +520,24 @@ def _swift_litert(art: dict, threads: int) -> str:
              f"let path = Bundle.main.path(forResource: \"{art['file'].rsplit('.', 1)[0]}\", ofType: \"tflite\")!",
              "var options = Interpreter.Options()", f"options.threadCount = {threads}",
              "let interpreter = try Interpreter(modelPath: path, options: options)"]
-    lines.append(f"let runner = try interpreter.signatureRunner(with: \"{LITERT_SIGNATURE}\")")
+    buckets = _litert_buckets(art)
+    seq_in = set(buckets.get("inputs") or ()) if buckets else set()
+    if buckets:
+        pairs = ", ".join(f"({b}, \"{name}\")" for b, name in _bucket_pairs(buckets))
+        lines += [f"// Length buckets {buckets['buckets']}: one signature each, shared weights. Fill the first n "
+                  "positions, run the smallest bucket that holds n.",
+                  f"let n = tokenCount  // real tokens, 1..{buckets['max']} (truncate longer input)",
+                  f"let buckets = [{pairs}]  // (length, signature), shortest first",
+                  "let (bucket, signature) = buckets.first { $0.0 >= n }!",
+                  "let runner = try interpreter.signatureRunner(with: signature)"]
+    else:
+        lines.append(f"let runner = try interpreter.signatureRunner(with: \"{LITERT_SIGNATURE}\")")
     feeds = []
     for spec, sw in _mapped(art["inputs"], _SWIFT, lines):
         var = _camel(spec["name"])
         lines.append(f"let {var} = [{sw[0]}](repeating: 0, count: {_numel(spec)})  // {_io_comment(spec)}")
-        feeds.append(f"\"{spec['name']}\": {var}.withUnsafeBufferPointer {{ Data(buffer: $0) }}")
+        fed = f"Array({var}.prefix(bucket))" if spec["name"] in seq_in else var
+        feeds.append(f"\"{spec['name']}\": {fed}.withUnsafeBufferPointer {{ Data(buffer: $0) }}")
     lines.append(f"try runner.invoke(with: [{', '.join(feeds)}])")
     for spec in art["outputs"][:1]:
         lines.append(f"let {_camel(spec['name'])} = try runner.output(named: \"{spec['name']}\").data  "
@@ -607,7 +647,21 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
         text += (f"n = int(np.nonzero(feeds[\"{lengths['mask']}\"][0])[0][-1]) + 1  # real tokens: drop the padding\n"
                  f"feeds = {{k: v[:, :max(n, {lengths['min']})] if k in {seq!r} else v for k, v in feeds.items()}}"
                  "  # dynamic length\n")
+    buckets = _litert_buckets(art) if runtime is Runtime.LITERT else None
+    if buckets:
+        seq = tuple(buckets.get("inputs") or ())
+        text += (f"n = int(np.nonzero(feeds[\"{buckets['mask']}\"][0])[0][-1]) + 1  # real tokens: drop the padding\n"
+                 f"bucket = min(b for b in {list(buckets['buckets'])!r} if b >= n)  # the smallest length bucket "
+                 "that holds n\n"
+                 f"feeds = {{k: v[:, :bucket] if k in {seq!r} else v for k, v in feeds.items()}}\n")
     text += python_run(runtime, art, threads)
+    if buckets:
+        seq_out = tuple(buckets.get("outputs") or ())
+        text += (f"diff = max(float(np.max(np.abs((outputs[k][:, :n] if k in {seq_out!r} else outputs[k]) - "
+                 f"(host(k, trimmed=True)[:, :n] if k in {seq_out!r} else host(k, trimmed=True))))) "
+                 f"for k in {names!r})\n"
+                 "print(f\"max abs diff vs host: {diff:.3g}\")\n")
+        return text.replace(_PY_HOST.replace("{file}", art["file"]), _PY_HOST_TRIMMED.replace("{file}", art["file"]))
     if lengths and runtime is not Runtime.LITERT:
         seq_out = tuple(lengths.get("outputs") or ())
         text += (f"diff = max(float(np.max(np.abs(outputs[k] - (host(k, trimmed=True)[:, :n] if k in {seq_out!r} "
@@ -635,10 +689,17 @@ def python_run(runtime: Runtime, art: dict, threads: int) -> str:
                 f"method = Runtime.get().load_program(\"{art['file']}\").load_method(\"forward\")\n"
                 "values = method.execute([torch.from_numpy(v) for v in feeds.values()])  # in manifest order\n"
                 f"outputs = dict(zip({names!r}, (v.numpy() for v in values)))\n")
+    buckets = _litert_buckets(art)
+    if buckets:  # one signature per length bucket: the one whose length is the feeds'
+        seq = (buckets.get("inputs") or [""])[0]
+        pick = (f"signatures = {dict(_bucket_pairs(buckets))!r}  # bucket length -> signature\n"
+                f"signature = signatures[min(b for b in signatures if b >= feeds[\"{seq}\"].shape[1])]\n"
+                "runner = interpreter.get_signature_runner(signature)\n")
+    else:
+        pick = f"runner = interpreter.get_signature_runner(\"{LITERT_SIGNATURE}\")\n"
     return ("from ai_edge_litert.interpreter import Interpreter\n\n"
             f"interpreter = Interpreter(model_path=\"{art['file']}\", num_threads={threads})\n"
-            f"runner = interpreter.get_signature_runner(\"{LITERT_SIGNATURE}\")\n"
-            "outputs = runner(**feeds)\n")
+            + pick + "outputs = runner(**feeds)\n")
 
 
 _PY_HOST = '''def host(name):

@@ -1,6 +1,8 @@
 """LiteRT weights: which module each weighted op of a .tflite came from, and how it is really stored.
 
-See the module docstring of ``edgeopt.packagers.tflite`` for why weights are matched by content.
+See the module docstring of ``edgeopt.packagers.tflite`` for why weights are matched by content. Every
+signature's subgraph is read (a text encoder has one per length bucket, its weights shared buffers): a
+module is as quantized as its least quantized use in any of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class WeightOp:
     op: str  # TFLite op name
     scope: str  # ai-edge-quantizer's op scope: output tensor names joined by ';', plus ';'
     shape: tuple[int, ...]  # of the weight, as stored
+    subgraph: int = 0  # index of the signature's subgraph the op is in
 
 
 @dataclass
@@ -53,31 +56,33 @@ class WeightMap:
 
 
 def match_weights(path: Path, module) -> WeightMap:
-    """Map every weighted op of the fp32 .tflite at ``path`` to the module of ``module`` it came from."""
+    """Map every weighted op of every subgraph of the fp32 .tflite at ``path`` to the module it came from."""
     from ai_edge_litert.tools import flatbuffer_utils as fbu
 
     model = fbu.read_model(str(path))
-    graph = model.subgraphs[0]
     layouts = _module_layouts(module)
     by_hash: dict[tuple, list[str]] = {}
     for name, (_, variants) in layouts.items():
         for arr in variants:
             by_hash.setdefault(_fingerprint(arr), []).append(name)
     result, matched = WeightMap(), set()
-    for op_name, op, data in _weighted_ops(model, graph, fbu):
-        scope = "".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)
-        candidates = by_hash.get(_fingerprint(data)) or _scaled_matches(data, layouts)
-        name = _prefer_kind(candidates, layouts, op_name)
-        if name is None:
-            label = f"{op_name} on {graph.tensors[op.inputs[WEIGHT_OPERAND[op_name]]].name.decode()[-80:]}"
-            result.unmapped.append(WeightOp(label, "unmapped", op_name, scope, tuple(data.shape)))
-            continue
-        matched.add(name)
-        result.ops.append(WeightOp(name, layouts[name][0], op_name, scope, tuple(data.shape)))
+    for gi, graph in enumerate(model.subgraphs):
+        for op_name, op, data in _weighted_ops(model, graph, fbu):
+            scope = "".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)
+            candidates = by_hash.get(_fingerprint(data)) or _scaled_matches(data, layouts)
+            name = _prefer_kind(candidates, layouts, op_name)
+            if name is None:
+                label = f"{op_name} on {graph.tensors[op.inputs[WEIGHT_OPERAND[op_name]]].name.decode()[-80:]}"
+                result.unmapped.append(WeightOp(label, "unmapped", op_name, scope, tuple(data.shape), gi))
+                continue
+            matched.add(name)
+            result.ops.append(WeightOp(name, layouts[name][0], op_name, scope, tuple(data.shape), gi))
     for name, (kind, variants) in layouts.items():
         if name in matched:
             continue
-        folded = _folded_rows(variants[0], model, graph) if kind == "embedding" else None
+        folded = None
+        if kind == "embedding":  # the last subgraph: the largest bucket, or the only one
+            folded = _folded_rows(variants[0], model, model.subgraphs[-1])
         if folded:
             result.folded[name] = folded
         else:
@@ -185,17 +190,21 @@ def stored_weight_types(path: Path, ops: list[WeightOp]) -> dict[str, str]:
     from ai_edge_litert.tools import flatbuffer_utils as fbu
 
     model = fbu.read_model(str(path))
-    graph = model.subgraphs[0]
-    producer, by_scope = {}, {}
-    for op in graph.operators:
-        name = fbu.opcode_to_name(model, op.opcodeIndex)
-        for t in op.outputs:
-            producer[t] = (name, op)
-        by_scope["".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)] = (name, op)
+    index = []
+    for graph in model.subgraphs:
+        producer, by_scope = {}, {}
+        for op in graph.operators:
+            name = fbu.opcode_to_name(model, op.opcodeIndex)
+            for t in op.outputs:
+                producer[t] = (name, op)
+            by_scope["".join(graph.tensors[i].name.decode() + ";" for i in op.outputs if i >= 0)] = (name, op)
+        index.append((graph, producer, by_scope))
     stored: dict[str, str] = {}
     for w in ops:
+        graph, producer, by_scope = index[w.subgraph] if w.subgraph < len(index) else (None, {}, {})
         if w.scope not in by_scope:
-            raise ExportError(f"tflite: op {w.op} of {w.module} is not in the quantized model (scope {w.scope[:80]})")
+            raise ExportError(f"tflite: op {w.op} of {w.module} is not in the quantized model (subgraph "
+                              f"{w.subgraph}, scope {w.scope[:80]})")
         _, op = by_scope[w.scope]
         t = op.inputs[WEIGHT_OPERAND[w.op]]
         while t in producer and producer[t][0] == "DEQUANTIZE":

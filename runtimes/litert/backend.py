@@ -47,13 +47,32 @@ class LiteRTModel:
     edgeopt names the signature's inputs and outputs after the model's (``input_ids``,
     ``sentence_embedding``), so the runner matches them by name; a .tflite without a signature is fed
     in manifest order and its outputs are returned in the interpreter's order.
+
+    A text encoder with length buckets has one signature per bucket (``seq_16``, ``seq_32``, ...: the same
+    I/O names at a fixed sequence length each): ``run`` calls the smallest one whose length holds the feeds'
+    (the runner pads the feeds to that bucket already; shorter feeds are zero-padded here, the outputs then
+    keep the bucket's length).
     """
 
     def __init__(self, interpreter):
         self._interpreter = interpreter
         signatures = interpreter.get_signature_list()
         self._runner = None
-        if SIGNATURE in signatures or len(signatures) == 1:
+        self._buckets = []  # (length, signature runner, its input details), shortest first
+        if SIGNATURE not in signatures and len(signatures) > 1:
+            for key in signatures:
+                runner = interpreter.get_signature_runner(key)
+                details = runner.get_input_details()
+                lengths = {int(d["shape"][1]) for d in details.values() if len(d["shape"]) >= 2}
+                if len(lengths) != 1:
+                    raise ValueError(f"signature {key!r}: its inputs have no one sequence length ({sorted(lengths)})")
+                self._buckets.append((lengths.pop(), runner, details))
+            self._buckets.sort(key=lambda b: b[0])
+            key = next(iter(signatures))
+            self._runner, self._inputs = self._buckets[-1][1], self._buckets[-1][2]
+            self.input_names = sorted(signatures[key]["inputs"], key=_natural)
+            self.output_names = sorted(signatures[key]["outputs"], key=_natural)
+        elif SIGNATURE in signatures or len(signatures) == 1:
             key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
             self._runner = interpreter.get_signature_runner(key)
             self._inputs = self._runner.get_input_details()
@@ -70,6 +89,8 @@ class LiteRTModel:
         """Run once. ``feeds`` maps input name to array (or is in manifest order); returns output arrays."""
         import numpy as np
 
+        if self._buckets:
+            return self._run_bucket(self._by_name(feeds))
         if self._runner is not None:
             named = self._by_name(feeds)
             args = {k: np.asarray(v, dtype=self._inputs[k]["dtype"]) for k, v in named.items()}
@@ -79,6 +100,32 @@ class LiteRTModel:
             self._interpreter.set_tensor(detail["index"], np.asarray(value, dtype=detail["dtype"]))
         self._interpreter.invoke()
         return [self._interpreter.get_tensor(d["index"]) for d in self._outputs]
+
+    @property
+    def bucket_lengths(self):
+        """The sequence length of each bucket signature, shortest first (empty: one signature)."""
+        return [b[0] for b in self._buckets]
+
+    def _run_bucket(self, named):
+        """Run the smallest bucket signature whose length holds the feeds' sequence length."""
+        import numpy as np
+
+        n = max(int(np.shape(v)[1]) for v in named.values() if np.ndim(v) >= 2)
+        fitting = [b for b in self._buckets if b[0] >= n]
+        if not fitting:
+            raise ValueError(f"{n} tokens exceed the largest bucket {self._buckets[-1][0]} "
+                             f"(buckets {self.bucket_lengths}); truncate the input")
+        length, runner, details = fitting[0]
+        args = {}
+        for k, v in named.items():
+            v = np.asarray(v, dtype=details[k]["dtype"])
+            if v.ndim >= 2 and v.shape[1] < length:  # zero padding: attention mask 0
+                pad = [(0, 0)] * v.ndim
+                pad[1] = (0, length - v.shape[1])
+                v = np.pad(v, pad)
+            args[k] = v
+        out = runner(**args)
+        return [out[k] for k in self.output_names]
 
     def _by_name(self, feeds):
         if all(k in self._inputs for k in feeds):

@@ -122,9 +122,16 @@ def test_tiny_bert_stored_weights_and_coverage(tiny_bert_builds, name, stored):
 
 
 def test_sizes_shrink_with_precision(tiny_bert_builds):
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
     size = {name: build[0].path.stat().st_size for name, build in tiny_bert_builds.items()}
     assert size["int4-g32"] < size["int8-dynamic"] < size["fp16"] < size["fp32"]
-    assert size["fp16"] < 0.75 * size["fp32"] and size["int8-dynamic"] < 0.6 * size["fp32"]
+    # The ratios on the weight bytes (buffers), not the file: since the tiny BERT carries one signature per
+    # length bucket (16 and 32), its two subgraphs' op and tensor tables (~145 KB) outweigh its ~135 KB of
+    # weights, and whole-file ratios (int8 0.74 x fp32) no longer say what precision does to the weights.
+    weights = {name: sum(len(b.data) for b in fbu.read_model(str(build[0].path)).buffers if b.data is not None)
+               for name, build in tiny_bert_builds.items()}
+    assert weights["fp16"] < 0.75 * weights["fp32"] and weights["int8-dynamic"] < 0.6 * weights["fp32"]
 
 
 def test_delegation_counts_what_xnnpack_leaves(tiny_bert_builds):
@@ -280,6 +287,11 @@ def test_conv_net(packager, tmp_path):
     artifact, outputs, reference = build(packager, loaded, QuantScheme(Precision.FP32), tmp_path / "fp32")
     assert [(s.name, s.dtype, s.shape) for s in artifact.inputs] == [("input", "float32", (1, 3, 16, 16))]
     assert max(float(np.abs(r[0] - o[0]).max()) for r, o in zip(reference, outputs)) < 1e-5  # measured 6e-8
+    # Not a text encoder: static shapes, the one serving_default signature (no length buckets).
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert artifact.lengths.mode.value == "static" and "signatures" not in artifact.details
+    assert list(Interpreter(model_path=str(artifact.path)).get_signature_list()) == ["serving_default"]
     assert artifact.details["delegation"]["share"] == 1.0
 
     artifact, outputs, reference = build(packager, loaded, default_scheme(Precision.INT8), tmp_path / "int8")
