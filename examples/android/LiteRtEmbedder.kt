@@ -1,5 +1,7 @@
-// all-MiniLM-L6-v2 sentence embeddings with LiteRT (bundle: model.tflite, signature "serving_default",
-// int32 inputs [1, 128]: litert-torch stores 64-bit model I/O as 32-bit).
+// all-MiniLM-L6-v2 sentence embeddings with LiteRT (bundle: model.tflite, signature "seq_128",
+// int32 inputs [1, 128]: litert-torch stores 64-bit model I/O as 32-bit). The bundle also has "seq_32" for texts of
+// at most 32 tokens (inputs [1, 32], ~4x faster): use the smallest signature that holds the text, as the bundle's
+// README.md does (manifest.json artifacts[0].lengths.signatures lists them).
 // Gradle: implementation("com.google.ai.edge.litert:litert:2.3.0")
 // Two variants: the Interpreter API (CPU, the classic TFLite API) and the CompiledModel API (CPU/GPU/NPU).
 package com.example.edgeopt
@@ -12,7 +14,7 @@ import java.nio.ByteOrder
 import java.nio.channels.FileChannel
 import org.tensorflow.lite.Interpreter
 
-const val SIGNATURE = "serving_default"
+const val SIGNATURE = "seq_128"  // the full-length bucket
 const val SEQ_LEN = 128
 const val DIM = 384
 

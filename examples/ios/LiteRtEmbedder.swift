@@ -1,11 +1,12 @@
-// all-MiniLM-L6-v2 sentence embeddings with LiteRT (model.tflite, signature "serving_default",
-// int32 inputs [1, 128]: litert-torch stores 64-bit model I/O as 32-bit).
+// all-MiniLM-L6-v2 sentence embeddings with LiteRT (model.tflite, signature "seq_128",
+// int32 inputs [1, 128]: litert-torch stores 64-bit model I/O as 32-bit). The bundle also has "seq_32" for texts of
+// at most 32 tokens (inputs [1, 32]): use the smallest signature that holds the text, as the bundle's README.md does.
 // pod 'TensorFlowLiteSwift'  (LiteRT's iOS library; not versioned with ai-edge-litert 2.3.0)
 import Foundation
 import TensorFlowLite
 
 final class LiteRtEmbedder {
-  static let signature = "serving_default"
+  static let signature = "seq_128"  // the full-length bucket
   private let interpreter: Interpreter
   private let runner: SignatureRunner
 
