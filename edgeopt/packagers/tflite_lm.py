@@ -220,7 +220,7 @@ def _convert_cached(loaded: LoadedModel, path: Path, prompt_len: int, context_le
 
     from edgeopt.packagers.tflite import _conversion_key
 
-    key = "lm:" + _conversion_key(loaded, (torch.tensor([prompt_len, context_len]),))
+    key = "lm:" + _conversion_key(loaded, {"lm": (torch.tensor([prompt_len, context_len]),)})
     if key in _LAST_CONVERSION:
         path.write_bytes(_LAST_CONVERSION[key])
         return
