@@ -175,12 +175,15 @@ def test_context_overflow_is_refused_by_the_session(tmp_path_factory):
 
 # --- int8 / int4 ---------------------------------------------------------------------------------
 
-# Measured on this seed (random-init weights, 12+16 tokens): int8 cosine 0.99993, 16/16 greedy tokens.
-# Floors leave room for kernel differences across CPUs. int4 is refused (test_check_lm_refusals).
-QUANT_FLOORS = {Precision.INT8: (0.999, 14)}
+# Measured on this seed (random-init weights, logits std 0.16, 12+16 tokens): int8 cosine 0.99993, 16/16 greedy
+# tokens; int4 (groups of 32, head int4) cosine 0.98985 and 0/16 greedy tokens: with near-flat random logits
+# greedy paths part early, so int4 is held to its cosine on the same tokens (and, in
+# test_int4_matches_its_eager_model_at_every_chunk_length, to its own eager model). Floors leave room for
+# kernel differences across CPUs.
+QUANT_FLOORS = {Precision.INT8: (0.999, 14), Precision.INT4: (0.98, 0)}
 
 
-@pytest.mark.parametrize("precision", [Precision.INT8])
+@pytest.mark.parametrize("precision", [Precision.INT8, Precision.INT4])
 def test_quantized_llama_coverage_size_and_fidelity(tmp_path_factory, precision):
     loaded, art = build(tmp_path_factory, "llama", precision)
     _, ref_art = build(tmp_path_factory, "llama", Precision.FP32)
@@ -192,15 +195,24 @@ def test_quantized_llama_coverage_size_and_fidelity(tmp_path_factory, precision)
 
     # Weight bytes: fp32 4 per weight; int8 1 (+ a 4-byte scale per row); int4 0.5 (+ scales per 32 weights).
     weights = sum(m.weight.numel() for n, m in model.named_modules() if f"model.{n}" in layers)
+    # The token embedding is int8 rows in both (embedding_byte); the Linears follow the precision.
+    embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     per_weight = 1.0 if precision is Precision.INT8 else 0.5 + 4 / 32
     saved = ref_art.path.stat().st_size - art.path.stat().st_size
-    assert saved > 0.9 * weights * (4 - per_weight), (saved, weights)
+    expected = embed * (4 - 1.0) + (weights - embed) * (4 - per_weight)
+    assert saved > 0.9 * expected, (saved, expected)
+
+    from runtimes.common.lmeval import teacher_forced_logits
 
     ids = prompt()
-    tokens, logits = greedy(session(art), ids)
+    tokens, _ = greedy(session(art), ids)
     ref_tokens, ref_logits = greedy(session(ref_art), ids)
+    # Logits on the same tokens (the fp32 greedy path, prefill then decode): greedy rows after a divergence
+    # would compare different contexts.
+    path = np.concatenate([ids, ref_tokens])
+    logits = teacher_forced_logits(session(art), path, split=len(ids))
     min_cos, min_agree = QUANT_FLOORS[precision]
-    cos, agree = cosine(logits, ref_logits), sum(a == b for a, b in zip(tokens, ref_tokens))
+    cos, agree = cosine(logits, ref_logits[:len(path)]), sum(a == b for a, b in zip(tokens, ref_tokens))
     print(f"{precision.value}: size {art.path.stat().st_size} vs {ref_art.path.stat().st_size}, cosine {cos:.5f}, "
           f"greedy {agree}/{NEW_TOKENS}")
     assert cos > min_cos
@@ -244,8 +256,7 @@ def test_check_lm_refusals(tmp_path_factory, tiny_bert):
     from edgeopt.packagers.executorch_lm import check_lm
 
     loaded, _ = build(tmp_path_factory, "llama", Precision.FP32)
-    with pytest.raises(UnsupportedError, match="int4 decoder LMs are refused"):
-        check_lm(loaded, default_scheme(Precision.INT4))
+    check_lm(loaded, default_scheme(Precision.INT4))  # int4 (8da4w) builds: see test_int4_matches_its_eager_model
     with pytest.raises(UnsupportedError, match="fp16"):
         check_lm(loaded, QuantScheme(Precision.FP16))
     with pytest.raises(UnsupportedError, match="activations=dynamic"):
@@ -256,3 +267,28 @@ def test_check_lm_refusals(tmp_path_factory, tiny_bert):
         check_lm(loaded, default_scheme(Precision.INT8), prompt_len=64, context_len=32)
     with pytest.raises(UnsupportedError, match="family decoder"):
         check_lm(tiny_bert, default_scheme(Precision.INT8))
+
+
+def test_int4_matches_its_eager_model_at_every_chunk_length(tmp_path_factory):
+    """The lowered 8da4w program computes what its own torchao int4 model computes, for every prefill chunk
+    length 1..prompt_len and for decode. (ExecuTorch 1.0 / torchao 0.14 lost this with a dynamic chunk length:
+    logits cosine 0.57; the int4 LM export was refused until the pins of this release, where it holds.)"""
+    import copy
+
+    from edgeopt.packagers.executorch_lm import _quantize
+
+    loaded, art = build(tmp_path_factory, "llama", Precision.INT4)
+    eager = copy.deepcopy(loaded.module.model).eval()
+    with torch.no_grad():
+        _quantize(eager, art.scheme)
+        ids = prompt()
+        ref = eager(torch.from_numpy(ids)[None]).logits[0].numpy()
+    sess = session(art)
+    worst = 1.0
+    for chunk in range(1, PROMPT_LEN + 1):
+        sess.reset()
+        rows = [sess.prefill(ids[i:i + chunk]) for i in range(0, len(ids), chunk)]
+        got = np.concatenate(rows)
+        worst = min(worst, min(cosine(got[i], ref[i]) for i in range(len(ids))))
+    print(f"int4 pte vs eager torchao int4: worst per-position cosine {worst:.6f}")
+    assert worst > 0.9999
