@@ -228,9 +228,22 @@ def format_table(result: BenchResult) -> str:
                                        f"  ({par['samples']} samples)"))
     else:
         rows.append(("parity vs fp32", "-"))
+    tok = result.raw.get("tokenizer")
+    if tok:
+        rows.append(("tokenizer", _tokenizer_row(tok)))
     rows.append(("valid", "yes" if result.valid else f"NO: {result.invalid_reason}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def _tokenizer_row(tok: dict[str, Any]) -> str:
+    """The golden-ids check of the bundle's tokenizer on the device (the result's ``tokenizer`` object)."""
+    files = " (tokenizer files DIFFER from the manifest's sha256)" if tok["files_verified"] is False else ""
+    if not tok["checked"]:
+        return f"golden ids NOT checked: {tok['reason']}{files}"
+    if tok["ok"]:
+        return f"ids equal to golden.json on {tok['ids_equal']}/{tok['texts']} texts{files}"
+    return f"MISMATCH: {tok['texts'] - tok['ids_equal']}/{tok['texts']} golden texts give other ids{files}"
 
 
 def _rate(value: float | None) -> str:

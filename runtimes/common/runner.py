@@ -764,6 +764,7 @@ def run_benchmark(args):
     set_affinity(args.cores)
     threads = args.threads or default_threads(manifest, args.cores)
     result = verified_result(args, bundle, manifest, art, runtime, threads)
+    check_tokenizer(result, bundle, manifest)
     if isinstance(art.get("lm"), dict):
         return run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result)
     lengths = artifact_lengths(art)
@@ -912,6 +913,28 @@ def _lmeval():
     import lmeval
 
     return lmeval
+
+
+def _generate():
+    """``generate.py`` beside this file: the bundle's text -> tokens loop and its golden-ids check."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import generate
+
+    return generate
+
+
+def check_tokenizer(result, bundle, manifest):
+    """``result["tokenizer"]``: the bundle's golden texts tokenized with its ``tokenizer/tokenizer.json`` against the
+    stored ids (``generate.check_golden``), when the bundle has ``tokenizer/golden.json``. A mismatch, or a check
+    that could not run, is logged; it does not make the timing invalid."""
+    check = _generate().check_golden(bundle, manifest)
+    if check is None:
+        return
+    result["tokenizer"] = check
+    line = _generate().describe_check(check)
+    log(line if check["ok"] and check["files_verified"] is not False else "warning: " + line)
 
 
 def run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result):
