@@ -48,11 +48,22 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one model may use: run-time memory, artifact size, and the precisions worth running."""
+    """What one model may use: run-time memory, artifact size, and the precisions worth running.
+
+    ``model_storage_mb`` is the budget for a model shipped inside the app or image ("bundled");
+    ``model_download_mb`` (optional, at least ``model_storage_mb``) the budget for one the app downloads after
+    install. Unset, a device has one storage budget and nothing is planned as a download.
+    """
 
     model_ram_mb: int
     model_storage_mb: int
     precisions: tuple[Precision, ...]
+    model_download_mb: int | None = None
+
+    @property
+    def download_mb(self) -> int:
+        """The largest artifact the device takes at all: ``model_download_mb``, else ``model_storage_mb``."""
+        return self.model_download_mb or self.model_storage_mb
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,8 @@ class Profile:
         raw = dataclasses.asdict(self)
         raw.pop("source")
         cal = raw.pop("calibration")
+        if raw["limits"].get("model_download_mb") is None:  # unset: one storage budget, as before the key existed
+            raw["limits"].pop("model_download_mb", None)
         if not raw["targets"]["fidelity"].get("by_precision"):
             raw["targets"]["fidelity"].pop("by_precision", None)
         if cal is not None:
@@ -493,6 +506,7 @@ _SCHEMA = _Section({
     "limits": _Section({
         "model_ram_mb": _Key(_positive_int("mb"), example="512"),
         "model_storage_mb": _Key(_positive_int("mb"), example="200"),
+        "model_download_mb": _Key(_positive_int("mb"), required=False, nullable=True),
         "precisions": _Key(_enum_list(Precision, "precision"), example="[fp32, int8]"),
     }),
     "compute": _Section({
@@ -629,6 +643,11 @@ class _Checker:
             self.add(("limits", "model_ram_mb"), f"must be at most device.ram_gb * 1024 = {ram_gb * 1024:g}, "
                      f"got {ram_mb} (a model cannot use more memory than the device has: lower it, "
                      f"or fix device.ram_gb)")
+        storage_mb, download_mb = limits.get("model_storage_mb"), limits.get("model_download_mb")
+        if storage_mb and download_mb and download_mb < storage_mb:
+            self.add(("limits", "model_download_mb"), f"must be at least limits.model_storage_mb = {storage_mb}, got "
+                     f"{download_mb} (a model the app downloads after install may be larger than one it bundles, "
+                     f"not smaller: write {storage_mb} or more, or leave the key out for one storage budget)")
         cores, threads = device.get("cores"), compute.get("threads")
         if cores and threads and threads > cores:
             self.add(("compute", "threads"), f"must be at most device.cores = {cores}, got {threads} "

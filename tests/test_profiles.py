@@ -123,6 +123,30 @@ def test_arm_mobile_numbers():
     assert minilm_params * 1 / 2**20 < phone.limits.model_storage_mb  # int8 does
 
 
+def test_download_budget_is_separate_from_the_bundled_one():
+    """arm-mobile: a bundled (in-APK) budget of 32 MB and a download budget of 1 GiB, inside Google Play's 1.5 GB
+    per-asset-pack limit; the other built-ins have one storage budget (unset means model_storage_mb)."""
+    phone = load_profile("arm-mobile")
+    assert (phone.limits.model_storage_mb, phone.limits.model_download_mb, phone.limits.download_mb) == (32, 1024, 1024)
+    assert phone.limits.model_download_mb <= 1536  # Play Console: individual asset packs <= 1.5 GB compressed
+    text = (builtin_dir("profiles") / "arm-mobile.yaml").read_text()
+    assert "1.5 GB per asset pack" in text and "9859372" in text  # the limit and where it comes from
+    for name in ("desktop-cpu", "embedded-board", "server-gpu"):
+        limits = load_profile(name).limits
+        assert limits.model_download_mb is None and limits.download_mb == limits.model_storage_mb, name
+        assert "model_download_mb" not in load_profile(name).to_dict()["limits"]  # unset stays out of manifests
+        assert "no model_download_mb" in (builtin_dir("profiles") / f"{name}.yaml").read_text()  # and says why
+    d = phone.to_dict()
+    assert d["limits"]["model_download_mb"] == 1024 and Profile.from_dict(d) == Profile.from_dict(phone.to_dict())
+
+
+def test_download_budget_may_be_null_or_equal(board):
+    text = VALID_YAML.replace("model_storage_mb: 128", "model_storage_mb: 128\n  model_download_mb: null")
+    assert load_profile(board(text)).limits.model_download_mb is None
+    text = VALID_YAML.replace("model_storage_mb: 128", "model_storage_mb: 128\n  model_download_mb: 128")
+    assert load_profile(board(text)).limits.download_mb == 128
+
+
 def test_load_by_path_matches_builtin(tmp_path):
     copy_path = tmp_path / "phone.yaml"
     copy_path.write_bytes((builtin_dir("profiles") / "arm-mobile.yaml").read_bytes())
@@ -245,6 +269,21 @@ CASES = {
     "negative": (
         "model_storage_mb: 128", "model_storage_mb: -128",
         ":10: limits.model_storage_mb must be a positive integer, got -128 (write 128)"),
+    "download below bundled": (
+        "model_storage_mb: 128", "model_storage_mb: 128\n  model_download_mb: 64",
+        ":11: limits.model_download_mb must be at least limits.model_storage_mb = 128, got 64 (a model the app "
+        "downloads after install may be larger than one it bundles, not smaller: write 128 or more, or leave the "
+        "key out for one storage budget)"),
+    "download with unit": (
+        "model_storage_mb: 128", "model_storage_mb: 128\n  model_download_mb: 1.5 GB",
+        ":11: limits.model_download_mb must be a positive integer, got '1.5 GB' (write 1536, without quotes"),
+    "download negative": (
+        "model_storage_mb: 128", "model_storage_mb: 128\n  model_download_mb: -1024",
+        ":11: limits.model_download_mb must be a positive integer, got -1024 (write 1024)"),
+    "download in wrong section": (
+        "  ram_gb: 4\n", "  ram_gb: 4\n  model_download_mb: 1024\n",
+        ":8: device.model_download_mb is not a known key; allowed here: arch, cores, ram_gb, cpu "
+        "(it belongs under limits: move it there)"),
     "zero": (
         "fp32_gflops: 75", "fp32_gflops: 0",
         ":14: compute.fp32_gflops must be a positive number, got 0 (write a number > 0)"),
