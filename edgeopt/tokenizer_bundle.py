@@ -8,7 +8,9 @@ change ids, and the host's outputs for each text (the fp32 model's and the artif
 on-device tokenizer and then "text in -> embedding out" against the host. Decoder LMs get the same files, with
 the held-out prompts (ids without special tokens, as the quality gate feeds them).
 
-``readme_section`` and ``python_snippet`` write the bundle README's "Tokenizer" part; the tests run the snippet.
+``readme_section`` and ``python_snippet`` write the bundle README's "Tokenizer" part; for decoder LMs,
+``generate_section`` and ``generate_snippet`` add "Generate text": the command and the Python that run the bundle's
+``runner/common/generate.py`` (prompt in, streamed text out). The tests run both snippets.
 """
 
 from __future__ import annotations
@@ -249,7 +251,80 @@ def readme_section(manifest: dict, threads: int = 4) -> list[str]:
               + ("then decodes the host's greedy continuation back to the stored text." if art.get("lm")
                  else "feeds the first text to the artifact and compares its output with the host's."),
               "", "```python", python_snippet(art, rec, threads).rstrip("\n"), "```", ""]
+    if art.get("lm"):
+        lines += generate_section(manifest)
     return lines
+
+
+# ------------------------------------------------------------------------------------------ generate text
+
+GENERATE_PY = "runner/common/generate.py"
+
+
+def generate_section(manifest: dict) -> list[str]:
+    """The bundle README's "Generate text" section of a decoder LM with a tokenizer: the command and the Python
+    that run ``runner/common/generate.py`` (the prompt -> tokens loop the runner's golden-ids check shares)."""
+    from edgeopt.appnotes import VERSION_KEY
+    from edgeopt.formats import Runtime
+
+    rec, art = manifest.get("tokenizer"), manifest["artifacts"][0]
+    if not rec or not art.get("lm"):
+        return []
+    st, lm = rec["settings"], art["lm"]
+    runtime = art["runtime"]
+    eos = (st.get("special_tokens") or {}).get("eos_token")
+    eos_text = f"`{eos['token']}` (id {eos['id']})" if eos else "none (it stops at the token count)"
+    return [
+        "## Generate text", "",
+        f"`{GENERATE_PY}` is this bundle's prompt -> tokens loop (Python 3.9+, numpy, `tokenizers` and "
+        f"`{VERSION_KEY[Runtime.parse(runtime)]}`): it tokenizes the prompt with `{rec['dir']}/tokenizer.json` as the "
+        "host fed its held-out prompts ("
+        + ("special tokens added" if st["add_special_tokens"] else "plain text ids: no bos or other special token added")
+        + f"), prefills it, then decodes one token at a time with `runner/{runtime}/backend.py`'s `load_lm` session, "
+        f"streaming the text; it stops at the eos token {eos_text}, at the token count or when the "
+        f"{lm['context_len']}-token KV cache is full. Greedy by default (the host's choice); `--temperature`, "
+        "`--top-k`, `--top-p` and `--seed` sample. A prompt longer than the context is refused (`--truncate` keeps its "
+        "end); an empty prompt or a bundle without tokenizer exits 2 with one line. It also tokenizes "
+        f"`{rec['golden']}`'s texts and says whether the ids equal the host's (the runner's JSON result reports the "
+        "same check as `tokenizer`).", "",
+        "From this folder:", "",
+        "```sh",
+        f"python3 {GENERATE_PY} --bundle . --runtime {runtime} --prompt \"To be, or not to be\" --max-new-tokens 32",
+        f"python3 {GENERATE_PY} --bundle . --runtime {runtime} --golden-prompt 0   # the host's continuation",
+        "```", "",
+        "The text goes to stdout as it is generated; the tokenizer check, prompt and new tokens, time to first token "
+        "and decode tokens/s go to stderr (`--json`: one JSON object with the text, ids and timings instead). "
+        f"`--golden-prompt 0` continues held-out text 0 of `{rec['golden']}` and prints "
+        + "the host's greedy continuation (`outputs.artifact_text` there) and says whether the tokens equal the "
+        "host's.", "",
+        "### Python: prompt in, text out", "",
+        "The same loop in an app's Python (run from this folder); it streams the continuation of held-out text 0 and "
+        "compares its tokens with the host's:", "",
+        "```python", generate_snippet(art, rec).rstrip("\n"), "```", "",
+    ]
+
+
+def generate_snippet(art: dict, rec: dict) -> str:
+    """Python that loads this bundle with ``runner/common/generate.py``, streams the greedy continuation of
+    golden text 0 and prints ``tokens equal to the host's greedy continuation: K/K``."""
+    return f'''import json
+import sys
+
+sys.path.insert(0, "runner/common")
+import generate  # noqa: E402  (runner/common/generate.py, shipped in this bundle)
+
+lm = generate.open_bundle(".", runtime="{art['runtime']}")  # checks the artifact's sha256, loads its LM session
+print(generate.describe_check(lm.golden))  # the bundled tokenizer against {rec['golden']}
+
+entry = json.load(open("{rec['golden']}", encoding="utf-8"))["texts"][0]
+host = generate.host_tokens(entry, lm.tokenizer.eos_ids)  # the host's greedy tokens, up to eos
+out = generate.generate(lm.session, lm.tokenizer, entry["text"], max_new_tokens=len(entry["outputs"]["artifact_tokens"]),
+                        on_token=lambda t: print(t.text, end="", flush=True))  # greedy; temperature=0.8, seed=1 samples
+print()
+same = sum(a == b for a, b in zip(out.ids, host))
+print(f"tokens equal to the host's greedy continuation: {{same}}/{{len(host)}} "
+      f"({{out.new_tokens}} tokens, stop: {{out.stop_reason}}, {{out.decode_tokens_per_s or 0:.1f}} tokens/s)")
+'''
 
 
 def _device_options(rec: dict, st: dict) -> list[str]:

@@ -267,6 +267,16 @@ def test_decoder_lm_bundle_carries_its_tokenizer_and_prompt_ids(tmp_path, make_s
     assert sum(e["matches_prompt"] for e in golden["texts"]) >= 1
     out = _run_snippet(bundle)
     assert f"ids equal to golden.json: {len(golden['texts'])}/{len(golden['texts'])} texts" in out, out
+    # "Generate text": runner/common/generate.py continues golden text 0 as the host did (greedy, stops at eos)
+    readme = (bundle / "README.md").read_text(encoding="utf-8")
+    assert "## Generate text" in readme and "runner/common/generate.py" in manifest["files"]
+    code = re.search(r"### Python: prompt in, text out.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    host, eos = golden["texts"][0]["outputs"]["artifact_tokens"], golden["settings"]["special_tokens"]["eos_token"]["id"]
+    n = host.index(eos) if eos in host else len(host)
+    assert f"tokens equal to the host's greedy continuation: {n}/{n} ({n} tokens" in proc.stdout, proc.stdout
     if importlib.util.find_spec("pytorch_tokenizers") is not None:  # the README's ExecuTorch option, for BPE
         from pytorch_tokenizers import CppHFTokenizer
 
