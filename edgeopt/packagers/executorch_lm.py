@@ -128,7 +128,11 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
     check_lm(loaded, scheme, prompt_len=prompt_len, context_len=context_len)
     start = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(loaded.module.model).eval()
+    # Quantization replaces weights in place, so it works on a copy; fp32 exports the loaded model itself (the
+    # copy would hold one more fp32 set of weights through the lowering, the build's peak).
+    original = loaded.module.model
+    model = copy.deepcopy(original).eval() if scheme.is_quantized else original
+    generation_config = original.generation_config
     tied = _tied_pairs(model)
     with torch.no_grad():
         quantized = _quantize(model, scheme)
@@ -138,8 +142,12 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
 
         unwrap_tensor_subclass(model)  # plain tensors: QuantFusionPass only fuses embeddings on lifted params
     path = work_dir / "model.pte"
-    wrapper = cache_wrapper(model, context_len)
-    delegation = _lower(wrapper, prompt_len, path)
+    try:
+        wrapper = cache_wrapper(model, context_len)
+        delegation = _lower(wrapper, prompt_len, path)
+    finally:
+        original.generation_config = generation_config  # cache_wrapper sets a static-cache one
+    del wrapper
     ops_yaml = _write_ops_yaml(path, delegation["non_delegated"])
     inputs, outputs = _io_specs(path)
     config = model.config.get_text_config()
