@@ -14,8 +14,10 @@ in place, which is what lets torch.onnx (dynamo) trace it (the in-place static c
 
 Quantization reuses ``onnx_quant`` (the encoder path): int8 = dynamic int8 activations with per-channel
 uint8 weights (MatMulInteger) after SmoothQuant calibrated on prefill inputs; int4 = MatMulNBits blocks of
-``group_size`` with accuracy_level 4 (int8 activations in the kernel) for dynamic activations; embedding
-tables int8 (Gather + dequant) when the scheme says so. The lm_head is a linear layer like the others.
+``group_size`` with accuracy_level 4 (int8 activations in the kernel) for dynamic activations. Embedding
+tables, when the scheme says so: int8 (Gather + dequant) in int8 schemes, int4 GatherBlockQuantized
+(com.microsoft, blocks of ``group_size`` along each row) in int4 ones. The lm_head is a linear layer like
+the others (MatMulNBits in int4).
 """
 
 from __future__ import annotations
@@ -140,7 +142,10 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
             details["fp16"] = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
                                "kept_fp32_ops": list(onnx_packager._FP16_KEEP_FP32)}
         else:
-            _, details["quantization"] = onnx_quant.quantize(fp32_path, built, scheme, calibration)
+            names = {init: ref.module for init, ref in
+                     _layer_inventory(fp32_graph, _weight_layers(loaded.module)).items()}
+            _, details["quantization"] = onnx_quant.quantize(fp32_path, built, scheme, calibration,
+                                                             int4_tables=True, module_names=names)
             quantized_graph = onnx.load(str(built))
         fp32_path.unlink(missing_ok=True)
         coverage = module_coverage(loaded.module, fp32_graph, quantized_graph, scheme)

@@ -23,8 +23,11 @@ sentence_embedding against eager fp32, x86 AVX2 without VNNI; embeddings int8; f
   MatMulNBits has no Conv form: a model with Conv layers is refused for it.
 
 Embedding tables are stored int8 by a ``quantize_dynamic`` Gather pass (per-tensor scale; costs MiniLM
-<0.001 cosine). The coverage gate then checks every MatMul/Gemm/Conv weight and Gather table of the float
-graph: a weight left float that the scheme did not ask to keep float is an ExportError, never a warning.
+<0.001 cosine). Decoder LMs in int4 (``int4_tables``) store their 2-D tables int4 instead: onnxruntime's
+GatherBlockQuantized (com.microsoft), blocks of ``group_size`` along each row with float32 scales, from the
+same MatMulNBitsQuantizer pass (op_types_to_quantize MatMul + Gather, quant_axes Gather: 1); a table that
+is not 2-D stays int8 and ``details["embeddings"]`` says so. The coverage gate then checks every
+MatMul/Gemm/Conv weight and Gather table of the float graph: a weight left float that the scheme did not ask to keep float is an ExportError, never a warning.
 """
 
 from __future__ import annotations
@@ -98,11 +101,17 @@ def check_scheme(scheme: QuantScheme) -> None:
             raise UnsupportedError(f"onnx: MatMulNBits group_size must be a power of two in 16..256, got {g}")
 
 
-def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict]) -> tuple[Coverage, dict]:
+def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict], *,
+             int4_tables: bool = False, module_names: dict[str, str] | None = None) -> tuple[Coverage, dict]:
     """Quantize the float model at ``src`` into ``dst`` as ``scheme`` says.
 
     Args:
         feeds: calibration inputs (input name → numpy array) for smoothing and static scales.
+        int4_tables: in int4 schemes that quantize embeddings, store the 2-D Gather tables int4 in blocks of
+            ``group_size`` along each row (GatherBlockQuantized) instead of int8 (the decoder-LM export asks
+            for it; the encoder path keeps its measured int8 tables).
+        module_names: initializer → layer name, where the caller knows better than the exporter's name scopes
+            (a tied table is named after the lm_head); used in coverage and details.
     Returns:
         the coverage of the written model and a JSON-able dict of what was done, for the manifest.
     Raises:
@@ -120,10 +129,14 @@ def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict]) -> tu
     for v in stale:
         model.graph.value_info.remove(v)
     inventory = weight_inventory(model)
+    if module_names:
+        from dataclasses import replace
+
+        inventory = {k: replace(r, module=module_names.get(k, r.module)) for k, r in inventory.items()}
     exclude = _keep_float_nodes(inventory, scheme) + _batched_constant_matmuls(model)
     try:
         if _uses_nbits(scheme):
-            details = _nbits(model, dst, scheme, inventory, exclude)
+            details = _nbits(model, dst, scheme, inventory, exclude, int4_tables)
         elif scheme.activations is Activations.STATIC:
             details = _int8_static(model, dst, scheme, inventory, exclude, feeds)
         else:
@@ -353,7 +366,8 @@ def _smooth(model, ranges: _Ranges) -> int:
 # --- MatMulNBits (int4, int8 weight-only) ----------------------------------------------------------
 
 
-def _nbits(model, dst: Path, scheme: QuantScheme, inventory: dict[str, WeightRef], exclude: list[str]) -> dict:
+def _nbits(model, dst: Path, scheme: QuantScheme, inventory: dict[str, WeightRef], exclude: list[str],
+           int4_tables: bool = False) -> dict:
     import onnx
 
     bits = 4 if scheme.precision is Precision.INT4 else 8
@@ -368,19 +382,39 @@ def _nbits(model, dst: Path, scheme: QuantScheme, inventory: dict[str, WeightRef
             DefaultWeightOnlyQuantConfig,
             MatMulNBitsQuantizer,
         )
+    gathers = ([r.node for r in inventory.values() if r.op == "Gather" and r.node not in exclude]
+               if scheme.quantize_embeddings else [])
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    int4_gathers = [r.node for r in inventory.values() if r.op == "Gather" and r.node in gathers and bits == 4
+                    and int4_tables and ranks.get(r.init) == 2] if gathers else []
+    gathers = [g for g in gathers if g not in int4_gathers]  # int8 by the dynamic pass below
+    # GatherBlockQuantized (com.microsoft): the table int4, quantize_axis 1 = blocks along each row;
+    # the quantizer takes every Gather with a constant table, so the int8 ones are excluded here.
     config = DefaultWeightOnlyQuantConfig(block_size=scheme.group_size, is_symmetric=scheme.symmetric,
-                                          accuracy_level=level, bits=bits, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
+                                          accuracy_level=level, bits=bits,
+                                          op_types_to_quantize=("MatMul", "Gather") if int4_gathers else ("MatMul",),
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    gather_nodes = [n.name for n in model.graph.node if n.op_type == "Gather"]
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=exclude + [
+        n for n in gather_nodes if n not in int4_gathers])
     quantizer.process()
-    gathers = [r.node for r in inventory.values() if r.op == "Gather"] if scheme.quantize_embeddings else []
     if gathers:
         tmp = _save_tmp(quantizer.model.model, dst, "nbits")
         _dynamic_pass(tmp, dst, gathers, scheme)
         tmp.unlink()
     else:
         onnx.save(quantizer.model.model, str(dst))
-    return {"method": "onnxruntime MatMulNBitsQuantizer", "bits": bits, "block_size": scheme.group_size,
-            "accuracy_level": level, "gemm_rewritten_to_matmul": rewritten}
+    details = {"method": "onnxruntime MatMulNBitsQuantizer", "bits": bits, "block_size": scheme.group_size,
+               "accuracy_level": level, "gemm_rewritten_to_matmul": rewritten}
+    if scheme.quantize_embeddings:
+        modules = {r.node: r.module for r in inventory.values()}
+        details["embeddings"] = {
+            **{modules[n]: f"int4 GatherBlockQuantized, blocks of {scheme.group_size} along each row"
+               for n in int4_gathers},
+            **{modules[n]: "int8 Gather + DequantizeLinear (per-tensor scale)" + (
+                "" if bits != 4 or not int4_tables else ": not a 2-D table, GatherBlockQuantized takes 2-D here")
+               for n in gathers}}
+    return details
 
 
 def _gemm_to_matmul(model, inventory: dict[str, WeightRef], exclude: list[str]) -> int:
