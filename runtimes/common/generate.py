@@ -247,18 +247,16 @@ def prompt_ids(tokenizer, prompt, context_len=None, max_new_tokens=1, truncate=F
             bos = [tokenizer.bos_id]
     if not ids and not bos:
         raise GenerateError("the prompt has no tokens: give at least one token of text")
-    dropped = 0
-    if context_len is not None and len(bos) + len(ids) > context_len:
-        n = len(bos) + len(ids)
-        keep = max(1, context_len + 1 - max(1, int(max_new_tokens)) - len(bos))
-        if not truncate:
+    dropped, n, new = 0, len(bos) + len(ids), max(1, int(max_new_tokens))
+    if context_len is not None:
+        keep = max(1, context_len + 1 - new - len(bos))  # prompt tokens that leave room for `new` new tokens
+        if n > context_len and not truncate:
             raise GenerateError("the prompt is %d tokens; this model's context (KV cache) holds %d, prompt and "
                                 "generated tokens together: shorten the prompt, or truncate it to its last %d tokens "
                                 "(truncate=True, --truncate)" % (n, context_len, keep))
-    if truncate and context_len is not None and len(bos) + len(ids) + max(1, int(max_new_tokens)) - 1 > context_len:
-        keep = max(1, context_len + 1 - max(1, int(max_new_tokens)) - len(bos))
-        dropped = max(0, len(ids) - keep)
-        ids = ids[dropped:]
+        if truncate and n + new - 1 > context_len:
+            dropped = max(0, len(ids) - keep)
+            ids = ids[dropped:]
     return bos + ids, dropped
 
 
