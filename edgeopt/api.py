@@ -27,7 +27,7 @@ def load_profile(name_or_path):
         name_or_path: a built-in name (``edgeopt profiles list``), a YAML path, or a ``Profile`` (returned as is).
 
     Returns:
-        The frozen ``Profile``: ``limits`` (model_ram_mb, model_storage_mb, precisions), ``shapes``, ``compute``,
+        The frozen ``Profile``: ``limits`` (model_ram_mb, model_storage_mb, model_download_mb, precisions), ``shapes``, ``compute``,
         ``targets``, ``runtimes`` in order of preference.
 
     Raises:
@@ -81,11 +81,11 @@ def inspect(model: str | None = None, *, profile="arm-mobile", allow_pickle: boo
         21.9
         >>> for row in info["fit"]:  # each profile's preferred runtime, every precision
         ...     if row["profile"] == "arm-mobile":
-        ...         print(row["runtime"], row["precision"], row["artifact_mb"], row["reason"] or "fits")
-        executorch fp32 86.66 exceeds model_storage_mb: 87 > 32
-        executorch fp16 43.34 exceeds model_storage_mb: 44 > 32
-        executorch int8 21.96 fits
-        executorch int4 18.03 fits
+        ...         print(row["runtime"], row["precision"], row["artifact_mb"], row["delivery"], row["reason"] or "fits")
+        executorch fp32 86.66 download fits
+        executorch fp16 43.34 download fits
+        executorch int8 21.96 bundled fits
+        executorch int4 18.03 bundled fits
     """
     from edgeopt.analysis import analyse
     from edgeopt.models import load_model
@@ -113,7 +113,8 @@ def make_plan(model: str | None = None, *, profile="arm-mobile", fmt: str | None
 
     Returns:
         A ``Plan``: ``rows`` in the order ``package`` tries them, each a ``CandidateRow`` with its ``candidate``
-        (runtime, precision, scheme), ``estimate`` (artifact bytes, peak RAM, latency), ``status`` and ``reasons``.
+        (runtime, precision, scheme), ``estimate`` (artifact bytes, peak RAM, latency), ``status``, ``reasons`` and
+        ``delivery`` (bundled in the app, or downloaded after install, with ``delivery_note`` saying why).
 
     Raises:
         UsageError: an unknown format, precision or activation mode (with what exists). ModelError, ProfileError.
@@ -124,9 +125,11 @@ def make_plan(model: str | None = None, *, profile="arm-mobile", fmt: str | None
         >>> plan = edgeopt.make_plan(profile="arm-mobile")
         >>> [row.candidate.key for row in plan.feasible][:3]  # fits the phone, in the order tried
         ['executorch/int8', 'litert/int8', 'onnxruntime/int8']
+        >>> plan.feasible[0].delivery.value, plan.feasible[0].delivery_note  # shipped inside the app
+        ('bundled', '22 MB <= model_storage_mb 32')
         >>> fp32 = next(row for row in plan.rows if row.candidate.key == "onnxruntime/fp32")
-        >>> fp32.status.value, fp32.reasons
-        ('rejected', ['exceeds model_storage_mb: 87 > 32'])
+        >>> fp32.status.value, fp32.delivery.value, fp32.delivery_note  # fits only as a download: tried after
+        ('feasible', 'download', '87 MB > model_storage_mb 32 (the bundled budget), <= model_download_mb 1024')
     """
     from edgeopt.analysis import analyse
     from edgeopt.models import load_model

@@ -10,7 +10,8 @@ MB = 1024 * 1024
 
 
 def plan_rows(plan_dict: dict) -> list[list[str]]:
-    """The plan table as rows of strings: try order, candidate, size, RAM, latency, status, fidelity, reason."""
+    """The plan table as rows of strings: try order, candidate, size, delivery, RAM, latency, status, fidelity,
+    reason. Delivery is "bundled" (fits model_storage_mb), "download" (fits only model_download_mb) or "-"."""
     rows = []
     order = 0
     for r in plan_dict["rows"]:
@@ -22,6 +23,7 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
             str(order) if tried else "-",
             f"{c['runtime']}/{c['precision']}" + _prune_suffix(c.get("prune")),
             f"{est['artifact_bytes'] / MB:.1f}" if est else "-",
+            r.get("delivery") or "-",
             f"{est['peak_ram_bytes'] / MB:.0f}" if est else "-",
             f"{est['latency_ms']:.1f}" if est else "-",
             r["status"],
@@ -49,7 +51,7 @@ def _prune_suffix(prune: dict | None) -> str:
     return "+" + prune_tag(PruneSpec.from_dict(prune))
 
 
-PLAN_HEADER = ["#", "candidate", "size MB", "RAM MB", "est ms", "status", "cosine", "reason"]
+PLAN_HEADER = ["#", "candidate", "size MB", "delivery", "RAM MB", "est ms", "status", "cosine", "reason"]
 
 
 def _fidelity_target(ctx: dict) -> str:
@@ -75,8 +77,11 @@ def plan_explanation(plan_dict: dict, package_command: str | None = None) -> lis
     source = (f"calibrated on the device ({ctx['calibrated']})" if ctx.get("calibrated") else
               "the profile's nominal compute x each runtime's measured efficiency, not yet calibrated on this "
               "device (edgeopt profiles calibrate fits them to bench results)")
+    storage = f"storage <= {ctx['model_storage_mb']} MB"
+    if ctx.get("model_download_mb"):
+        storage += f" bundled in the app, or <= {ctx['model_download_mb']} MB downloaded after install"
     lines = [
-        f"profile {plan_dict['profile']}: RAM <= {ctx['model_ram_mb']} MB, storage <= {ctx['model_storage_mb']} MB, "
+        f"profile {plan_dict['profile']}: RAM <= {ctx['model_ram_mb']} MB, {storage}, "
         f"precisions {', '.join(ctx['precisions'])}, runtimes {', '.join(ctx['runtimes'])}; {target}; "
         f"fidelity: {_fidelity_target(ctx)} vs fp32.",
         f"estimates at {shape}, {ctx['threads']} threads: size = artifact file, RAM = peak resident memory of the "
@@ -87,6 +92,11 @@ def plan_explanation(plan_dict: dict, package_command: str | None = None) -> lis
         "runtime is chosen. Pruned candidates (+prune:w<width kept>-<blocks dropped>b) appear only when nothing "
         "unpruned fits. Rejected rows give the reason.",
     ]
+    if ctx.get("model_download_mb"):
+        lines.append(f"delivery: bundled = the artifact fits model_storage_mb ({ctx['model_storage_mb']} MB) and ships "
+                     f"inside the app; download = it fits only model_download_mb ({ctx['model_download_mb']} MB) and "
+                     "the app fetches it after install (e.g. a Play Asset Delivery pack). Bundled candidates are "
+                     "tried before any download.")
     first = next((r for r in plan_dict["rows"] if r["status"] in ("feasible", "chosen")), None)
     chosen = next((r for r in plan_dict["rows"] if r["status"] == "chosen"), None)
     if ctx.get("family") == "decoder":
@@ -95,14 +105,16 @@ def plan_explanation(plan_dict: dict, package_command: str | None = None) -> lis
         lines.append(f"decoder LM: est ms is the prefill of a {ctx['seq_len']}-token prompt"
                      + (f"; decoding is estimated at {rate:.0f} tokens/s for "
                         f"{lead['candidate']['runtime']}/{lead['candidate']['precision']}" if rate else "")
+                     + (f"; the latency target ({ctx['latency_ms']:g} ms) applies to each decoded token"
+                        if ctx.get("latency_ms") else "")
                      + "; the cosine column shows perplexity ratio and KL, measured on held-out text.")
     if chosen:
         c = chosen["candidate"]
-        lines.append(f"chosen: {c['runtime']}/{c['precision']}.")
+        lines.append(f"chosen: {c['runtime']}/{c['precision']}{_delivered(chosen, ctx)}.")
     elif first:
         c = first["candidate"]
         command = package_command or f"edgeopt package --profile {plan_dict['profile']}"
-        lines.append(f"next: `{command}` builds {c['runtime']}/{c['precision']} first.")
+        lines.append(f"next: `{command}` builds {c['runtime']}/{c['precision']} first{_delivered(first, ctx)}.")
     elif any(r.get("fidelity") or r.get("attempts") for r in plan_dict["rows"]):
         lines.append("nothing passed: every candidate built missed the fidelity target (cosine column; the reason "
                      "lists each attempt). Lower targets.fidelity.min_cosine, give pruning more distillation "
@@ -110,6 +122,14 @@ def plan_explanation(plan_dict: dict, package_command: str | None = None) -> lis
     else:
         lines.append("nothing fits: loosen the limits named in the reasons, or pick a smaller model.")
     return lines
+
+
+def _delivered(row: dict, ctx: dict) -> str:
+    """", delivered as a download after install: 130 MB > ..." for a profile with a download budget, else ""."""
+    if not ctx.get("model_download_mb") or not row.get("delivery_note"):
+        return ""
+    how = "as a download after install" if row.get("delivery") == "download" else "bundled in the app"
+    return f", delivered {how}: {row['delivery_note']}"
 
 
 def plan_markdown(plan_dict: dict) -> str:

@@ -139,3 +139,27 @@ def test_fit_table_on_builtin_profiles():
         cost = RUNTIME_COSTS[prof.runtimes[0]]
         assert row["runtime"] == prof.runtimes[0].value
         assert row["artifact_mb"] == round((8720 + cost.artifact_base_bytes + 100 * cost.artifact_bytes_per_op) / MB, 2)
+
+
+def test_delivery_and_fit_at_the_storage_boundaries():
+    """Bundled up to model_storage_mb inclusive, a download above it up to model_download_mb inclusive, then a
+    reason that names both budgets; with no download budget the reason is the one it always was."""
+    from edgeopt.planner.cost import Delivery, delivery, delivery_note, fit_reasons
+
+    prof = _profile(storage_mb=32)
+    prof.limits.model_download_mb = 1024
+    at = lambda n: Estimate(artifact_bytes=n, peak_ram_bytes=MB, latency_ms=1.0, breakdown={})  # noqa: E731
+    assert delivery(at(32 * MB), prof) is Delivery.BUNDLED and fit_reasons(at(32 * MB), prof, INT8) == []
+    assert delivery_note(at(32 * MB), prof) == "32 MB <= model_storage_mb 32"
+    assert delivery(at(32 * MB + 1), prof) is Delivery.DOWNLOAD and fit_reasons(at(32 * MB + 1), prof, INT8) == []
+    assert delivery_note(at(32 * MB + 1), prof) == ("33 MB > model_storage_mb 32 (the bundled budget), "
+                                                    "<= model_download_mb 1024")
+    assert delivery(at(1024 * MB), prof) is Delivery.DOWNLOAD
+    assert delivery(at(1024 * MB + 1), prof) is None and delivery_note(at(1024 * MB + 1), prof) is None
+    assert fit_reasons(at(1024 * MB + 1), prof, INT8) == [
+        "exceeds model_storage_mb: 1025 > 32 (bundled) and model_download_mb: 1025 > 1024 (download)"]
+    one = _profile(storage_mb=32)  # no model_download_mb attribute at all: one budget
+    assert delivery(at(32 * MB + 1), one) is None
+    assert fit_reasons(at(32 * MB + 1), one, INT8) == ["exceeds model_storage_mb: 33 > 32"]
+    rows = fit_table(_stats(), [prof])
+    assert {r["delivery"] for r in rows} == {"bundled"} and all(r["fits"] for r in rows)

@@ -7,6 +7,7 @@ leave fp32, int8 and int4 as the least risky candidate that fits.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -198,3 +199,176 @@ def test_package_prunes_when_precision_alone_cannot_fit(tmp_path, minilm_stats):
     # the bundle's runner: the pruned artifact matches its host run, and the original model as measured above
     assert run.parity["host_max_abs_err"] < 1e-3
     assert abs(run.parity["mean_cosine"] - m["fidelity"]["mean_cosine"]) < 0.05
+
+
+# ---------------------------------------------------------------- delivery: bundled vs downloaded, LLM shapes
+
+def _shape_model(name: str):
+    """The LLM of ``edgeopt.lm.shapes`` shape ``name`` as load_model would give it, without writing or reading a
+    checkpoint: built on the meta device, then given uninitialised CPU memory. Sizes, FLOPs, activation peak and
+    op count depend on the shapes only (test_shape_stats_match_the_built_folder checks they are identical)."""
+    import json
+
+    import torch
+    import transformers
+
+    from edgeopt.families import resolve
+    from edgeopt.lm.shapes import make_config, shape
+    from edgeopt.models import Family, LoadedModel, _wrap
+
+    config = make_config(name, attn_implementation="eager")  # what models._from_pretrained loads with
+    with torch.device("meta"):
+        model = getattr(transformers, shape(name).model_class)(config)
+    model = model.to_empty(device="cpu").eval()
+    model.tie_weights()  # to_empty gives the tied head storage of its own
+    resolved = resolve(json.loads(config.to_json_string()), where=name)
+    module, inputs, example = _wrap(model, resolved, None)
+    return LoadedModel(name=name, source=f"shape:{name}", source_sha256="", module=module, input_names=inputs,
+                       output_names=resolved.outputs, family=Family.DECODER, config=model.config, task=resolved.task,
+                       _example=example)
+
+
+@pytest.fixture(scope="module")
+def phone():
+    return load_profile("arm-mobile")
+
+
+@pytest.fixture(scope="module")
+def smollm2_stats(phone):
+    from edgeopt.analysis import analyse
+
+    s = phone.shapes
+    return analyse(_shape_model("smollm2-135m"), s.batch, s.seq_len, s.context_len)
+
+
+@pytest.fixture(scope="module")
+def qwen_stats(phone):
+    from edgeopt.analysis import analyse
+
+    s = phone.shapes
+    return analyse(_shape_model("qwen2.5-0.5b"), s.batch, s.seq_len, s.context_len)
+
+
+def _mb(row, key):
+    import math
+
+    return math.ceil(row.estimate[key] / 2**20)
+
+
+def test_minilm_on_the_phone_stays_bundled_int8(minilm_stats, phone):
+    """fp32 (87 MB) and fp16 (44 MB) now fit the phone as downloads, but every bundled candidate comes first:
+    the app ships int8 (22 MB) in its package."""
+    from edgeopt.planner.cost import Delivery
+
+    plan = make_plan(minilm_stats, phone)
+    first = plan.feasible[0]
+    assert first.candidate.key == "executorch/int8" and first.delivery is Delivery.BUNDLED
+    assert (_mb(first, "artifact_bytes"), _mb(first, "peak_ram_bytes")) == (22, 407)
+    assert first.delivery_note == "22 MB <= model_storage_mb 32"
+    deliveries = [r.delivery for r in plan.feasible]
+    assert deliveries == [Delivery.BUNDLED] * 6 + [Delivery.DOWNLOAD] * 6  # int8, int4 bundled; fp32, fp16 after
+    assert [r.candidate.precision for r in plan.feasible[:6]] == [INT8] * 3 + [INT4] * 3
+    fp32 = next(r for r in plan.rows if r.candidate.key == "onnxruntime/fp32")
+    assert fp32.status is Status.FEASIBLE and fp32.delivery is Delivery.DOWNLOAD and fp32.reasons == []
+    assert fp32.delivery_note == "87 MB > model_storage_mb 32 (the bundled budget), <= model_download_mb 1024"
+    text = "\n".join(plan_explanation(plan.to_dict()))
+    assert "storage <= 32 MB bundled in the app, or <= 1024 MB downloaded after install" in text
+    assert "builds executorch/int8 first, delivered bundled in the app: 22 MB <= model_storage_mb 32." in text
+    rows = plan_rows(plan.to_dict())
+    assert rows[0][1:4] == ["executorch/int8", "22.0", "bundled"] and rows[6][1:4] == ["executorch/fp32", "86.7", "download"]
+
+
+def test_smollm2_135m_fits_the_phone_as_a_download_at_int8_and_int4(smollm2_stats, phone):
+    """SmolLM2-135M's shape (134.5 M parameters, KV cache for 512 tokens): 130 MB at int8 and 91 MB at int4, too
+    big for the 32 MB bundled budget, within the 1024 MB download budget; fp32 (514 MB) fits that too but not
+    the 512 MB of RAM. ExecuTorch's int8 misses RAM by its Python runner's ~383 MB (torch imported)."""
+    from edgeopt.planner.cost import Delivery
+
+    assert smollm2_stats.params_total == 134_515_008 and smollm2_stats.kv_cache_bytes == 2 * 30 * 3 * 64 * 512 * 4
+    plan = make_plan(smollm2_stats, phone)
+    rows = {r.candidate.key: r for r in plan.rows}
+    first = plan.feasible[0]
+    assert first.candidate.key == "onnxruntime/int8" and first.delivery is Delivery.DOWNLOAD
+    assert (_mb(first, "artifact_bytes"), _mb(first, "peak_ram_bytes")) == (130, 261)
+    assert first.delivery_note == "130 MB > model_storage_mb 32 (the bundled budget), <= model_download_mb 1024"
+    assert first.estimate["decode_ms"] == pytest.approx(31.8, abs=0.1)  # judged per token against 50 ms
+    assert [r.candidate.key for r in plan.feasible] == [
+        "onnxruntime/int8", "executorch/int4", "litert/int4", "onnxruntime/int4"]
+    assert all(r.delivery is Delivery.DOWNLOAD for r in plan.feasible)
+    assert [_mb(rows[k], "peak_ram_bytes") for k in ("executorch/int4", "litert/int4", "onnxruntime/int4")] == [509, 497, 222]
+    assert {_mb(rows[k], "artifact_bytes") for k in ("executorch/int4", "litert/int4", "onnxruntime/int4")} == {91}
+    assert rows["executorch/int8"].reasons == ["exceeds model_ram_mb: 548 > 512"]
+    assert rows["litert/int8"].reasons == ["exceeds model_ram_mb: 535 > 512"]
+    for runtime, ram in (("onnxruntime", 645), ("executorch", 932), ("litert", 919)):
+        fp32 = rows[f"{runtime}/fp32"]
+        assert fp32.status is Status.REJECTED and fp32.reasons == [f"exceeds model_ram_mb: {ram} > 512"]
+        assert fp32.delivery is Delivery.DOWNLOAD and _mb(fp32, "artifact_bytes") == 514
+    text = "\n".join(plan_explanation(plan.to_dict()))
+    assert ("builds onnxruntime/int8 first, delivered as a download after install: 130 MB > model_storage_mb 32 "
+            "(the bundled budget), <= model_download_mb 1024.") in text
+    assert "the latency target (50 ms) applies to each decoded token" in text
+
+
+def test_qwen25_05b_fits_the_phone_at_int4_only(qwen_stats, phone):
+    """Qwen2.5-0.5B's shape (494 M parameters): int4 is 345 MB to download and 490 MB of RAM in ONNX Runtime;
+    int8 (474 MB) fits the download budget but no runtime's RAM; fp32 (1885 MB) fits neither storage budget."""
+    from edgeopt.planner.cost import Delivery
+
+    assert qwen_stats.params_total == 494_032_768
+    plan = make_plan(qwen_stats, phone)
+    rows = {r.candidate.key: r for r in plan.rows}
+    assert [r.candidate.key for r in plan.feasible] == ["onnxruntime/int4"]
+    int4 = plan.feasible[0]
+    assert int4.delivery is Delivery.DOWNLOAD and (_mb(int4, "artifact_bytes"), _mb(int4, "peak_ram_bytes")) == (345, 490)
+    assert int4.delivery_note == "345 MB > model_storage_mb 32 (the bundled budget), <= model_download_mb 1024"
+    for runtime, ram in (("onnxruntime", 620), ("executorch", 906), ("litert", 812)):
+        int8 = rows[f"{runtime}/int8"]
+        assert int8.reasons == [f"exceeds model_ram_mb: {ram} > 512"] and int8.delivery is Delivery.DOWNLOAD
+    assert rows["executorch/int4"].reasons == ["exceeds model_ram_mb: 777 > 512"]
+    fp32 = rows["onnxruntime/fp32"]
+    assert fp32.delivery is None and fp32.delivery_note is None
+    assert fp32.reasons == ["exceeds model_ram_mb: 2031 > 512",
+                            "exceeds model_storage_mb: 1885 > 32 (bundled) and model_download_mb: 1885 > 1024 (download)",
+                            "estimated decode step 70.9 ms per token > target 50 ms"]
+    # the plan JSON carries the delivery of every row and reads back
+    d = plan.to_dict()
+    assert [r["delivery"] for r in d["rows"]][:1] == ["download"] and d["context"]["model_download_mb"] == 1024
+    again = type(plan).from_dict(json.loads(json.dumps(d)))
+    assert [(r.delivery, r.delivery_note) for r in again.rows] == [(r.delivery, r.delivery_note) for r in plan.rows]
+
+
+def test_without_a_download_budget_nothing_is_a_download(smollm2_stats, phone):
+    """The same phone with one storage budget (model_download_mb left out): SmolLM2 does not fit, and the reason
+    names the one budget as before."""
+    d = phone.to_dict()
+    del d["limits"]["model_download_mb"]
+    plan = make_plan(smollm2_stats, Profile.from_dict(d, source="<one-budget>"))
+    assert not plan.feasible
+    row = next(r for r in plan.rows if r.candidate.key == "onnxruntime/int8")
+    assert row.reasons == ["exceeds model_storage_mb: 130 > 32"] and row.delivery is None
+    assert "downloaded after install" not in "\n".join(plan_explanation(plan.to_dict()))
+
+
+def test_decoder_latency_target_is_per_decoded_token(smollm2_stats, phone):
+    """A decoder LM's latency target bounds one decode step, not the prefill of a whole prompt (102 ms here)."""
+    d = phone.to_dict()
+    d["targets"]["latency_ms"] = 31.0
+    plan = make_plan(smollm2_stats, Profile.from_dict(d, source="<fast-tokens>"))
+    row = next(r for r in plan.rows if r.candidate.key == "onnxruntime/int8")
+    assert row.estimate["latency_ms"] > 100 and row.estimate["decode_ms"] > 31
+    assert row.reasons == [f"estimated decode step {row.estimate['decode_ms']:.1f} ms per token > target 31 ms"]
+    assert all(r.estimate["decode_ms"] <= 31 for r in plan.feasible) and plan.feasible
+
+
+@pytest.mark.slow
+def test_shape_stats_match_the_built_folder(smollm2_stats, phone):
+    """The meta-device shortcut above gives the same ModelStats as loading build_shape's folder."""
+    from edgeopt.analysis import analyse
+    from edgeopt.lm.shapes import build_shape
+    from edgeopt.models import load_model
+
+    s = phone.shapes
+    built = analyse(load_model(str(build_shape("smollm2-135m"))), s.batch, s.seq_len, s.context_len)
+    a, b = smollm2_stats.to_dict(), built.to_dict()
+    a.pop("model_name"), b.pop("model_name")
+    assert a == b

@@ -17,6 +17,7 @@ Storage rule (``weight_bytes``), the one every packager's size is estimated with
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable
@@ -274,24 +275,63 @@ def estimate(stats: "ModelStats", profile, runtime: Runtime, precision: Precisio
     )
 
 
+class Delivery(str, enum.Enum):
+    """How an artifact reaches the device: inside the app package or image, or downloaded after install."""
+
+    BUNDLED = "bundled"    # fits limits.model_storage_mb
+    DOWNLOAD = "download"  # larger than model_storage_mb, fits limits.model_download_mb
+
+
+def delivery(est: Estimate, profile) -> Delivery | None:
+    """``BUNDLED`` when the artifact fits ``model_storage_mb``, ``DOWNLOAD`` when it fits only
+    ``model_download_mb``, None when it fits neither (or the profile has no download budget and it is too big)."""
+    limits = profile.limits
+    if est.artifact_bytes <= limits.model_storage_mb * MB:
+        return Delivery.BUNDLED
+    download_mb = getattr(limits, "model_download_mb", None)
+    if download_mb and est.artifact_bytes <= download_mb * MB:
+        return Delivery.DOWNLOAD
+    return None
+
+
+def delivery_note(est: Estimate, profile) -> str | None:
+    """Why a candidate is delivered as it is, with the numbers, e.g. ``130 MB > model_storage_mb 32 (the bundled
+    budget), <= model_download_mb 1024`` for a download (None when it fits neither budget)."""
+    how = delivery(est, profile)
+    limits, size_mb = profile.limits, math.ceil(est.artifact_bytes / MB)
+    if how is Delivery.BUNDLED:
+        return f"{size_mb} MB <= model_storage_mb {limits.model_storage_mb}"
+    if how is Delivery.DOWNLOAD:
+        return (f"{size_mb} MB > model_storage_mb {limits.model_storage_mb} (the bundled budget), "
+                f"<= model_download_mb {limits.model_download_mb}")
+    return None
+
+
 def fit_reasons(est: Estimate, profile, precision: Precision) -> list[str]:
-    """Why a candidate does not fit ``profile`` (empty when it fits). Sizes are rounded up to whole MB."""
+    """Why a candidate does not fit ``profile`` (empty when it fits). Sizes are rounded up to whole MB.
+
+    An artifact larger than ``model_storage_mb`` still fits when the profile has a ``model_download_mb`` it
+    stays within (delivered as a download, see ``delivery``); above both, the reason names both.
+    """
     reasons = []
     if precision not in tuple(profile.limits.precisions):
         reasons.append(f"{precision.value} not in precisions")
     ram_mb, storage_mb = math.ceil(est.peak_ram_bytes / MB), math.ceil(est.artifact_bytes / MB)
     if est.peak_ram_bytes > profile.limits.model_ram_mb * MB:
         reasons.append(f"exceeds model_ram_mb: {ram_mb} > {profile.limits.model_ram_mb}")
-    if est.artifact_bytes > profile.limits.model_storage_mb * MB:
-        reasons.append(f"exceeds model_storage_mb: {storage_mb} > {profile.limits.model_storage_mb}")
+    if delivery(est, profile) is None:
+        download_mb = getattr(profile.limits, "model_download_mb", None)
+        both = f" (bundled) and model_download_mb: {storage_mb} > {download_mb} (download)" if download_mb else ""
+        reasons.append(f"exceeds model_storage_mb: {storage_mb} > {profile.limits.model_storage_mb}{both}")
     return reasons
 
 
 def fit_table(stats: "ModelStats", profiles: Iterable, precisions: Iterable[Precision] | None = None) -> list[dict]:
     """One row per profile x precision, estimated in the profile's preferred (first) runtime.
 
-    Row keys: profile, runtime, precision, artifact_mb, peak_ram_mb, latency_ms, fits, reason
-    (``"; "``-joined reasons, or None when it fits). For ``edgeopt inspect``.
+    Row keys: profile, runtime, precision, artifact_mb, peak_ram_mb, latency_ms, fits, delivery ("bundled",
+    "download", or None when too large for the profile's storage), reason (``"; "``-joined reasons, or None when
+    it fits). For ``edgeopt inspect``.
     """
     precs = [Precision(p) for p in (precisions if precisions is not None else Precision)]
     rows = []
@@ -304,6 +344,7 @@ def fit_table(stats: "ModelStats", profiles: Iterable, precisions: Iterable[Prec
                 "profile": profile.name, "runtime": runtime.value, "precision": precision.value,
                 "artifact_mb": round(est.artifact_bytes / MB, 2), "peak_ram_mb": round(est.peak_ram_bytes / MB, 2),
                 "latency_ms": round(est.latency_ms, 3), "fits": not reasons,
+                "delivery": how.value if (how := delivery(est, profile)) else None,
                 "reason": "; ".join(reasons) if reasons else None,
             })
     return rows

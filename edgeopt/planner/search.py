@@ -1,9 +1,12 @@
 """Candidate search: enumerate runtime × precision, estimate, reject with reasons, order the rest.
 
-Feasible candidates are ordered by accuracy risk (fp32 < fp16 < int8 < int4), then by estimated latency;
-estimates within ``SAME_SPEED`` of the fastest of their precision count as a tie, broken by the profile's
-runtime preference. Speed enters as a constraint: the profile's ``targets.latency_ms`` rejects candidates
-estimated slower, so a generous profile keeps full precision and a tight one forces quantization. The
+Feasible candidates are ordered by delivery first (one that fits ``limits.model_storage_mb`` and ships inside
+the app before one that fits only ``limits.model_download_mb`` and is downloaded after install: an app downloads
+a model only when none fits its package), then by accuracy risk (fp32 < fp16 < int8 < int4), then by estimated
+latency; estimates within ``SAME_SPEED`` of the fastest of their precision count as a tie, broken by the
+profile's runtime preference. Speed enters as a constraint: the profile's ``targets.latency_ms`` rejects
+candidates estimated slower (for decoder LMs, slower per generated token), so a generous profile keeps full
+precision and a tight one forces quantization. The
 build-and-verify loop that walks this order lives in ``edgeopt.pipeline``; rows it tries get their
 measured fidelity recorded here.
 """
@@ -14,6 +17,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from edgeopt.formats import Precision, Runtime
+from edgeopt.planner.cost import Delivery
 from edgeopt.prune import PruneSpec
 from edgeopt.quantize import Activations, QuantScheme, default_scheme
 
@@ -70,6 +74,8 @@ class CandidateRow:
     reasons: list[str] = field(default_factory=list)
     fidelity: dict | None = None  # Fidelity.to_dict() once built and measured
     attempts: list[dict] = field(default_factory=list)  # each build tried: scheme + measured fidelity
+    delivery: Delivery | None = None  # bundled / download by its size; None: too large for either budget
+    delivery_note: str | None = None  # why, with the numbers ("130 MB > model_storage_mb 32 (the bundled ...")
 
     def to_dict(self) -> dict:
         return {
@@ -79,12 +85,16 @@ class CandidateRow:
             "reasons": list(self.reasons),
             "fidelity": self.fidelity,
             "attempts": list(self.attempts),
+            "delivery": self.delivery.value if self.delivery else None,
+            "delivery_note": self.delivery_note,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "CandidateRow":
+        how = d.get("delivery")  # absent in plans written before delivery existed
         return cls(Candidate.from_dict(d["candidate"]), d.get("estimate"), Status(d["status"]), list(d.get("reasons", [])),
-                   d.get("fidelity"), list(d.get("attempts", [])))
+                   d.get("fidelity"), list(d.get("attempts", [])), Delivery(how) if how else None,
+                   d.get("delivery_note"))
 
 
 @dataclass
@@ -140,7 +150,7 @@ def make_plan(stats, profile, *, runtimes: list[Runtime] | None = None,
 
 def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | None) -> list[CandidateRow]:
     from edgeopt.packagers import PACKAGERS, available_runtimes
-    from edgeopt.planner.cost import estimate, fit_reasons
+    from edgeopt.planner.cost import delivery, delivery_note, estimate, fit_reasons
 
     have = set(available_runtimes())
     lm = stats.family == "decoder" and stats.num_layers is not None  # packaged with its KV cache
@@ -165,13 +175,15 @@ def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | 
                 elif scheme.activations not in caps.activations:
                     reasons.append(f"{runtime.value} packager cannot build {scheme.activations.value} activations")
             est = estimate(stats, profile, runtime, precision)
-            reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile)
             est_dict = est.to_dict()
+            step = None
             if lm:
                 step = estimate(_decode_step(stats), profile, runtime, precision).latency_ms
                 est_dict["decode_ms"] = step
                 est_dict["decode_tokens_per_s"] = 1000.0 / step if step > 0 else None
-            rows.append(CandidateRow(cand, est_dict, Status.REJECTED if reasons else Status.FEASIBLE, reasons))
+            reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile, decode_ms=step)
+            rows.append(CandidateRow(cand, est_dict, Status.REJECTED if reasons else Status.FEASIBLE, reasons,
+                                     delivery=delivery(est, profile), delivery_note=delivery_note(est, profile)))
     return rows
 
 
@@ -197,6 +209,7 @@ def _context(stats, profile) -> dict:
     fid = profile.targets.fidelity
     return {
         "model_ram_mb": profile.limits.model_ram_mb, "model_storage_mb": profile.limits.model_storage_mb,
+        "model_download_mb": getattr(profile.limits, "model_download_mb", None),
         "precisions": [p.value for p in profile.limits.precisions],
         "runtimes": [r.value for r in profile.runtimes],
         "latency_ms": profile.targets.latency_ms, "threads": profile.compute.threads,
@@ -214,8 +227,9 @@ _RISK = {Precision.FP32: 0, Precision.FP16: 1, Precision.INT8: 2, Precision.INT4
 
 
 def _order(rows: list[CandidateRow], runtime_order: list[Runtime]) -> None:
-    """Feasible first; among them least accuracy risk (no pruning before pruning, shallow before deep; then
-    fp32 < fp16 < int8 < int4), then estimated latency (ties within SAME_SPEED: runtime preference)."""
+    """Feasible first; among them bundled before download (an app ships a model in its package when one fits
+    and downloads only when none does), then least accuracy risk (no pruning before pruning, shallow before
+    deep; then fp32 < fp16 < int8 < int4), then estimated latency (ties within SAME_SPEED: runtime preference)."""
     rank = {r: i for i, r in enumerate(runtime_order)}
     depth = {None: 0, **{spec: i + 1 for i, spec in enumerate(PRUNE_LADDER)}}
     fastest: dict[tuple, float] = {}
@@ -229,15 +243,25 @@ def _order(rows: list[CandidateRow], runtime_order: list[Runtime]) -> None:
         best = fastest.get((row.candidate.prune, row.candidate.precision))
         # tier 0: within SAME_SPEED of the fastest of this pruning depth and precision; later tiers by latency
         tier = 0 if best and latency <= best * SAME_SPEED else 1
-        return (row.status is not Status.FEASIBLE, depth.get(row.candidate.prune, len(depth)),
+        return (row.status is not Status.FEASIBLE, row.delivery is not Delivery.BUNDLED,
+                depth.get(row.candidate.prune, len(depth)),
                 _RISK[row.candidate.precision], tier, rank.get(row.candidate.runtime, len(rank)) if tier == 0 else 0,
                 latency)
 
     rows.sort(key=key)
 
 
-def _latency_reasons(est, profile) -> list[str]:
+def _latency_reasons(est, profile, decode_ms: float | None = None) -> list[str]:
+    """The latency target's verdict. A decoder LM (``decode_ms`` given) is judged per generated token: what a
+    user waits for between words; its prefill of ``shapes.seq_len`` tokens happens once per prompt (the plan
+    still reports it as est ms)."""
     target = profile.targets.latency_ms
-    if target is not None and est.latency_ms > target:
+    if target is None:
+        return []
+    if decode_ms is not None:
+        if decode_ms > target:
+            return [f"estimated decode step {decode_ms:.1f} ms per token > target {target:g} ms"]
+        return []
+    if est.latency_ms > target:
         return [f"estimated latency {est.latency_ms:.1f} ms > target {target:g} ms"]
     return []
