@@ -95,8 +95,9 @@ def profiles_list(json_out: bool) -> None:
         click.echo(json.dumps([p.to_dict() for p in profs], indent=2))
         return
     rows = [[p.name, p.device.cpu or p.device.arch, str(p.limits.model_ram_mb), str(p.limits.model_storage_mb),
+             str(p.limits.model_download_mb or "-"),
              ", ".join(x.value for x in p.limits.precisions), ", ".join(r.value for r in p.runtimes)] for p in profs]
-    _console().table(None, ["name", "device", "RAM MB", "storage MB", "precisions", "runtimes"], rows)
+    _console().table(None, ["name", "device", "RAM MB", "bundled MB", "download MB", "precisions", "runtimes"], rows)
 
 
 @profiles.command("show")
@@ -200,9 +201,11 @@ def inspect(model: str | None, profile_name: str, allow_pickle: bool, json_out: 
     con.table("parameters by module kind", ["kind", "params", "share"],
               [[k, f"{v:,}", f"{v / max(s['params_total'], 1):.1%}"] for k, v in s["params_by_kind"].items()])
     con.table("weight bytes by precision", ["precision", "MB"], [[k, f"{v / MB:.1f}"] for k, v in s["bytes_at"].items()])
-    con.table("fit against the built-in profiles", ["profile", "precision", "size MB", "RAM MB", "est ms", "fits", "reason"],
-              [[r["profile"], r["precision"], f"{r['artifact_mb']:.1f}", f"{r['peak_ram_mb']:.0f}",
-                f"{r['latency_ms']:.1f}", "yes" if r["fits"] else "no", r.get("reason") or ""] for r in report["fit"]])
+    con.table("fit against the built-in profiles",
+              ["profile", "precision", "size MB", "delivery", "RAM MB", "est ms", "fits", "reason"],
+              [[r["profile"], r["precision"], f"{r['artifact_mb']:.1f}", r.get("delivery") or "-",
+                f"{r['peak_ram_mb']:.0f}", f"{r['latency_ms']:.1f}", "yes" if r["fits"] else "no", r.get("reason") or ""]
+               for r in report["fit"]])
 
 
 @cli.command()
