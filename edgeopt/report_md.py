@@ -132,6 +132,22 @@ def _delivered(row: dict, ctx: dict) -> str:
     return f", delivered {how}: {row['delivery_note']}"
 
 
+def _delivery_lines(nbytes: int, limits: dict) -> list[str]:
+    """How the built artifact (its real size, not the estimate) reaches the phone, for a profile with a download
+    budget; nothing for a profile with one storage budget."""
+    storage, download = limits.get("model_storage_mb"), limits.get("model_download_mb")
+    if not (storage and download):
+        return []
+    size = f"{nbytes / MB:.1f} MB"
+    if nbytes <= storage * MB:
+        return [f"Delivery: **bundled** in the app ({size} <= model_storage_mb {storage}).", ""]
+    if nbytes <= download * MB:
+        return [f"Delivery: **download after install** ({size} > model_storage_mb {storage}, the bundled budget; "
+                f"<= model_download_mb {download}): ship it as an asset pack the app fetches (Play Asset Delivery "
+                "fast-follow or on-demand) or with the app's own downloader, not inside the APK.", ""]
+    return [f"Delivery: {size} exceeds both model_storage_mb {storage} and model_download_mb {download}.", ""]
+
+
 def plan_markdown(plan_dict: dict) -> str:
     lines = ["| " + " | ".join(PLAN_HEADER) + " |", "|" + "---|" * len(PLAN_HEADER)]
     for row in plan_rows(plan_dict):
@@ -155,6 +171,7 @@ def bundle_report(manifest: dict) -> str:
         f"{art['bytes'] / MB:.1f} MB.",
         "",
     ]
+    lines += _delivery_lines(art["bytes"], prof.get("limits") or {})
     if fid.get("perplexity") is not None:
         tol, lm = prof["targets"]["fidelity"], art.get("lm") or {}
         lines += [

@@ -390,3 +390,16 @@ def test_bench_holds_a_decoder_target_to_the_decode_step_the_planner_judged():
     assert got["statistic"].startswith("time to first token") and got["measured"] == 120.0  # vs the prefill estimate
     assert (got["target_measured"], got["meets_target"]) == (32.0, True)
     assert got["target_statistic"] == "p90 decode step (ms per generated token)"
+
+
+def test_bundle_report_says_how_the_built_artifact_is_delivered():
+    """report.md judges the real artifact's bytes against both budgets (only profiles with a download budget)."""
+    from edgeopt.report_md import _delivery_lines
+
+    phone = load_profile("arm-mobile").to_dict()["limits"]
+    assert _delivery_lines(22 * 2**20, phone)[0] == "Delivery: **bundled** in the app (22.0 MB <= model_storage_mb 32)."
+    assert _delivery_lines(135_530_027, phone)[0].startswith(
+        "Delivery: **download after install** (129.3 MB > model_storage_mb 32, the bundled budget; "
+        "<= model_download_mb 1024)")
+    assert _delivery_lines(2**31, phone)[0] == "Delivery: 2048.0 MB exceeds both model_storage_mb 32 and model_download_mb 1024."
+    assert _delivery_lines(22 * 2**20, load_profile("embedded-board").to_dict()["limits"]) == []
