@@ -13,13 +13,14 @@ fidelity is measured against the original fp32 model, so the table shows what pr
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edgeopt.errors import EdgeoptError, FidelityError, NoFitError, UnsupportedError
+from edgeopt.errors import EdgeoptError, FidelityError, NoFitError, ResourceError, UnsupportedError
 from edgeopt.families import LOGIT_OUTPUTS
 from edgeopt.formats import Precision, Runtime
 from edgeopt.planner import CandidateRow, Plan, Status, make_plan
@@ -68,11 +69,46 @@ def package(profile, model: str | None = None, *, out: Path = Path("dist"), runt
         NoFitError: nothing fits the estimates, or every built candidate missed the tolerance (exit 5).
         BundleError / ResourceError: the output cannot be written (exit 2 / 6).
     """
+    import torch
+
+    say = progress or (lambda _msg: None)
+    threads_before, threads = torch.get_num_threads(), host_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _package(profile, model, out=out, runtime=runtime, precision=precision, activations=activations,
+                        all_formats=all_formats, force=force, allow_pickle=allow_pickle, say=say,
+                        recover_seconds=recover_seconds, host_threads=threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def host_threads() -> int:
+    """Threads for the host-side work (fp32 reference, export, verification in the runtime).
+
+    ``EDGEOPT_HOST_THREADS`` when set; else the CPUs this process may run on less what other processes keep
+    busy (the 1-minute load average), at least 1. torch's default, one thread per core, oversubscribes a shared
+    machine, and every op's parallel region then waits for a descheduled thread: on 2 cores at load 7 a
+    SmolLM2-135M prefill took 32 s with 2 threads and 2.3 s with 1, a decode step 4 s and 0.2-0.4 s.
+    """
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = os.environ.get("EDGEOPT_HOST_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(cpus, int(cpus - busy + 0.5)))
+
+
+def _package(profile, model, *, out, runtime, precision, activations, all_formats, force, allow_pickle, say,
+             recover_seconds, host_threads: int) -> PackageResult:
     from edgeopt.analysis import analyse
     from edgeopt.bundle import BundleWriter, bundle_dir
     from edgeopt.models import load_model
 
-    say = progress or (lambda _msg: None)
     say("load: reading the model")
     loaded = load_model(model, allow_pickle=allow_pickle)
     shapes = profile.shapes
@@ -87,10 +123,13 @@ def package(profile, model: str | None = None, *, out: Path = Path("dist"), runt
             plan = make_plan(stats, profile, **restrict, pruned=pruned)
     if not plan.feasible:
         raise _no_fit(plan, "no candidate fits the profile's limits")
+    if _is_lm(loaded):
+        _refuse_over_memory(plan, loaded)
     target = bundle_dir(Path(out), loaded.name, profile.name)
     protected = (Path(loaded.source),) if Path(loaded.source).exists() else ()
     with BundleWriter(target, force=force, protected=protected) as writer:
-        data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds, threads=profile.compute.threads)
+        data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds,
+                     threads=min(profile.compute.threads, host_threads), lm=_is_lm(loaded))
         if _is_lm(loaded):
             data.prepare_lm(loaded, shapes, say)
         work = writer.staging / ".work"
@@ -152,7 +191,8 @@ def _side_row(runtime: Runtime, scheme, status: str, built: Built | None, reason
 class _Data:
     """Samples and fp32 reference outputs, computed once and shared by every attempt."""
 
-    def __init__(self, loaded, batch: int, seq_len: int, recover_seconds: float = 0.0, threads: int = 1):
+    def __init__(self, loaded, batch: int, seq_len: int, recover_seconds: float = 0.0, threads: int = 1,
+                 lm: bool = False):
         import os
 
         import torch
@@ -164,9 +204,14 @@ class _Data:
         self._pruned: dict = {}
         self.eval = loaded.sample_inputs(EVAL_SAMPLES, batch=batch, seq_len=seq_len, split="eval")
         self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
-        with torch.no_grad():
-            self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
-        _check_finite_reference(loaded, self.reference)
+        # A decoder LM is verified by the LM gate (prepare_lm) alone: its fp32 reference is the gate's. The
+        # full-vocabulary logits of every eval sample would be 16 x seq_len x vocab floats (1.2 GB for a
+        # 152k vocabulary) and as many forwards, used by nothing.
+        self.reference = []
+        if not lm:
+            with torch.no_grad():
+                self.reference = [[t.numpy() for t in loaded.module(*s)] for s in self.eval]
+            _check_finite_reference(loaded, self.reference)
         self.eval_np = [tuple(t.numpy() for t in s) for s in self.eval]
         self._sensitivity: dict = {}
         self._probes: dict = {}
@@ -179,6 +224,7 @@ class _Data:
         prompt_len, context_len = lm_lengths(loaded.config, shapes.seq_len, shapes.context_len)
         say(f"verify: fp32 reference on held-out text (prompt {prompt_len} tokens, KV cache {context_len})")
         self.lm = quality.prepare(loaded, prompt_len=prompt_len, context_len=context_len)
+        _check_finite_reference(loaded, [[logits] for logits in self.lm.reference_logits])
 
     def probes(self, loaded, lengths):
         """The eval samples at their real lengths plus the probe lengths (``lengths.probe_samples``), with the
@@ -217,6 +263,7 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
     from edgeopt.packagers import get_packager
 
     original = loaded
+    memory_refused = 0
     for row in plan.feasible:
         tol = profile.targets.fidelity.for_precision(row.candidate.precision)
         packager = get_packager(row.candidate.runtime)
@@ -242,8 +289,9 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
             try:
                 artifact = _export(packager, row.candidate.runtime, loaded, attempt_scheme,
                                    work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}", data)
-            except UnsupportedError as e:
+            except (UnsupportedError, ResourceError) as e:
                 _reject(row, str(e))
+                memory_refused += isinstance(e, ResourceError)
                 break
             say(f"verify: {row.candidate.key} in {row.candidate.runtime.value} on {len(data.eval)} held-out inputs")
             try:
@@ -267,6 +315,8 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
                 break
         if row.status is not Status.REJECTED:
             _reject(row, _attempts_reason(row, tol))
+    if memory_refused and not any(r.attempts or r.fidelity for r in plan.rows):
+        raise _no_fit(plan, "no candidate can be built in this host's memory", cls=ResourceError)
     if not any(r.attempts or r.fidelity for r in plan.rows):  # nothing built or measured: a format limitation
         raise _no_fit(plan, "no candidate could be built in its format", cls=UnsupportedError)
     raise _no_fit(plan, "every candidate built missed the fidelity tolerance or failed to build",
@@ -353,7 +403,51 @@ def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data)
         return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
     from edgeopt.packagers.lm import export_lm
 
+    why = _memory_shortfall(loaded, runtime, scheme.precision)
+    if why:
+        raise ResourceError(why)
+    gc.collect()  # the previous attempt's converter state and artifact buffers, before this one allocates
+
     return export_lm(runtime, loaded, scheme, work, prompt_len=data.lm.prompt_len, context_len=data.lm.context_len)
+
+
+def _memory_shortfall(loaded, runtime: Runtime, precision: Precision) -> str | None:
+    """Why building decoder LM ``loaded`` for ``runtime`` at ``precision`` would not fit this host's memory."""
+    from edgeopt.packagers.lm import LM_MODULES, fp32_weight_bytes, memory_shortfall
+
+    others = tuple((r, p) for r in LM_MODULES for p in ("int4", "int8", "fp32")
+                   if (r, p) != (runtime, precision.value))
+    return memory_shortfall(runtime, precision.value, fp32_weight_bytes(loaded.module), name=loaded.name,
+                            alternatives=others)
+
+
+def _refuse_over_memory(plan: Plan, loaded) -> None:
+    """Before any export work (and before the minutes of fp32 reference the LM gate computes): each feasible
+    candidate its LM export refuses (``check_lm``: an architecture, a size) or whose build would not fit the
+    host's memory (``edgeopt.packagers.lm.memory_shortfall``) is rejected with why. None left: exit 6 when
+    memory refused one, else exit 4."""
+    from edgeopt.packagers.lm import lm_module
+
+    refused = []
+    for row in plan.feasible:
+        try:
+            lm_module(row.candidate.runtime).check_lm(loaded, row.candidate.scheme)
+        except UnsupportedError as e:
+            _reject(row, str(e))
+            continue
+        except ImportError:  # a converter not installed: the build loop's check_available says which
+            continue
+        why = _memory_shortfall(loaded, row.candidate.runtime, row.candidate.precision)
+        if why:
+            _reject(row, why)
+            refused.append(why)
+    if not plan.feasible and not refused:
+        raise _no_fit(plan, "no candidate could be built in its format", cls=UnsupportedError)
+    if refused and not plan.feasible:
+        err = ResourceError(f"out of host memory for the build: {refused[0]}"
+                            + (f"\n{plan.why_nothing_fits()}" if len(refused) > 1 else ""))
+        err.plan = plan
+        raise err
 
 
 def _verify(packager, artifact, loaded, data: _Data):

@@ -173,3 +173,34 @@ def test_per_precision_thresholds_loosen_int4_only():
     assert (fid.for_precision("int4").max_perplexity_ratio, fid.for_precision("int4").max_kl) == (1.1, 0.2)
     assert fid.for_precision("int8") is fid and fid.max_perplexity_ratio == 1.05
     assert "by_precision" not in load_profile("arm-mobile").to_dict()["targets"]["fidelity"]  # none set: none written
+
+
+def test_lm_build_over_host_memory_is_refused_up_front_with_exit_6(tiny_llama_dir, tmp_path, monkeypatch):
+    """A build whose estimated peak exceeds the host's available memory is refused before any export work:
+    exit 6, the format, the estimate, what is available and what to do; no bundle."""
+    from edgeopt import api
+    from edgeopt.errors import ResourceError
+    from edgeopt.packagers import lm
+
+    def no_export(*a, **k):
+        raise AssertionError("export_lm ran although the build was refused")
+
+    monkeypatch.setattr(lm, "host_available_memory", lambda: 0)  # the only fake: the available-memory reading
+    monkeypatch.setattr(lm, "export_lm", no_export)
+    with pytest.raises(ResourceError) as e:
+        api.package(str(tiny_llama_dir), profile=_lm_profile("onnxruntime"), out=tmp_path, precision="int8")
+    msg = str(e.value)
+    assert e.value.exit_code == 6
+    assert "onnxruntime int8" in msg and "needs about" in msg and "GB of host memory at peak" in msg
+    assert "available" in msg and "close other work" in msg and "GB of RAM" in msg and "--precision" in msg
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_lm_build_memory_estimate_scales_with_the_model():
+    from edgeopt.formats import Runtime
+    from edgeopt.packagers import lm
+
+    small, big = (lm.build_memory(Runtime.EXECUTORCH, "int8", n) for n in (10 ** 8, 10 ** 9))
+    assert big > small > 10 ** 8 and big - small == pytest.approx(9e8 * lm.BUILD_MEMORY_FACTORS[
+        (Runtime.EXECUTORCH, "int8")], rel=1e-6)
+    assert lm.memory_shortfall(Runtime.EXECUTORCH, "int8", 10 ** 6) is None  # a tiny model fits this host

@@ -86,3 +86,76 @@ def lm_lengths(config: Any, seq_len: int, context_len: int | None) -> tuple[int,
         ctx = min(ctx, max_pos)
     prompt = seq_len if seq_len < ctx else max(1, ctx * 3 // 4)
     return prompt, ctx
+
+
+# --- host memory of a build ----------------------------------------------------------------------
+
+GB = 1024 ** 3
+# Peak host RSS of ``edgeopt package`` building a decoder LM (the whole process: the loaded fp32 model, the
+# LM gate's reference, the converter and the artifact's own verification), as a multiple of the model's fp32
+# weight bytes. Measured by benchmarks/bench_llm_build.py on the SmolLM2-135M (538 MB) and Qwen2.5-0.5B
+# (1.98 GB) shapes, the larger ratio of the two, rounded up; see README "Real-size LM builds".
+BUILD_MEMORY_FACTORS: dict[tuple[Runtime, str], float] = {
+    (Runtime.EXECUTORCH, "fp32"): 4.0, (Runtime.EXECUTORCH, "int8"): 4.0, (Runtime.EXECUTORCH, "int4"): 4.0,
+    (Runtime.ONNXRUNTIME, "fp32"): 4.0, (Runtime.ONNXRUNTIME, "int8"): 4.0, (Runtime.ONNXRUNTIME, "int4"): 4.0,
+    (Runtime.LITERT, "fp32"): 4.0, (Runtime.LITERT, "int8"): 4.0, (Runtime.LITERT, "int4"): 4.0,
+}
+DEFAULT_BUILD_MEMORY_FACTOR = 4.0
+BUILD_MEMORY_BASE = 700 * 1024 * 1024  # the interpreter with torch, transformers and one converter imported
+
+
+def fp32_weight_bytes(module: Any) -> int:
+    """Bytes of ``module``'s parameters and buffers at fp32, a tied (shared) tensor counted once."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * 4
+    return total
+
+
+def build_memory(runtime: Runtime, precision: str, fp32_bytes: int) -> int:
+    """Estimated peak host memory (bytes) of packaging an LM of ``fp32_bytes`` for ``runtime`` at ``precision``."""
+    factor = BUILD_MEMORY_FACTORS.get((runtime, precision), DEFAULT_BUILD_MEMORY_FACTOR)
+    return int(BUILD_MEMORY_BASE + factor * fp32_bytes)
+
+
+def host_available_memory() -> int:
+    """Bytes the OS can give this process now without swapping (psutil ``virtual_memory().available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def process_resident_memory() -> int:
+    """This process's resident bytes now (what the build's peak already includes: the loaded model)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def memory_shortfall(runtime: Runtime, precision: str, fp32_bytes: int, *, name: str = "the model",
+                     alternatives: tuple = ()) -> str | None:
+    """Why building this LM would run the host out of memory, or None when it fits.
+
+    The build needs ``build_memory`` at peak; this process already holds the loaded fp32 model (1x the weights)
+    and the imports, so what it still has to allocate, ``(factor - 1) x fp32_bytes``, is compared with what the
+    OS reports available. ``alternatives``: other (runtime, precision) pairs to name when they would fit.
+    """
+    def more(r: Runtime, p: str) -> int:
+        return max(0, build_memory(r, p, fp32_bytes) - BUILD_MEMORY_BASE - fp32_bytes)
+
+    extra, available = more(runtime, precision), host_available_memory()
+    if extra <= available:
+        return None
+    resident = process_resident_memory()
+    need = build_memory(runtime, precision, fp32_bytes)
+    fits = [f"{r.value}/{p}" for r, p in alternatives if more(r, p) <= available]
+    smaller = (f"; {', '.join(fits)} would fit now" if fits else
+               "; no format or precision of this model fits in the memory available now")
+    return (f"{runtime.value} {precision}: building {name} ({fp32_bytes / GB:.2f} GB of fp32 weights) needs about "
+            f"{need / GB:.1f} GB of host memory at peak, {extra / GB:.1f} GB more than this process holds "
+            f"({resident / GB:.1f} GB), and only {available / GB:.1f} GB is available; close other work to free "
+            f"{(extra - available) / GB:.1f} GB, build on a machine with at least {-(-need // GB) + 1} GB of RAM, "
+            f"or pick a smaller --precision / --format{smaller}")
