@@ -235,7 +235,8 @@ def _lm_readme(art: dict) -> list[str]:
         "",
         "`runner/" + art["runtime"] + "/backend.py` (`load_lm`) is a complete, short reference of the calls: "
         "`prefill(ids)` and `decode(token)` return logits; the runner's greedy loop is in "
-        "`runner/common/lmeval.py`. The snippets below show the same loop on the runtime's app API.",
+        "`runner/common/lmeval.py`, and text in -> text out (tokenizer, sampling, eos, streaming) in "
+        "`runner/common/generate.py`. The snippets below show the same loop on the runtime's app API.",
     ]
     names = {k: v for k, v in lm.items() if k in ("signatures", "method", "methods", "tensors", "cache_tensors",
                                                   "past_inputs", "present_outputs")}
