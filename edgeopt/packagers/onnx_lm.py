@@ -89,10 +89,15 @@ def check_lm(loaded: LoadedModel, scheme: QuantScheme, *, prompt_len: int | None
                                f"graph keeps a full cache per layer and would attend past the window "
                                f"(export with use_sliding_window=False only if the model was trained that way)")
     fp32_bytes = 4 * sum(p.numel() for p in loaded.module.parameters())
-    if fp32_bytes >= _PROTOBUF_LIMIT_BYTES:
-        raise UnsupportedError(f"onnx LM export: {loaded.name} is {fp32_bytes / 2**30:.1f} GiB at fp32, over "
-                               f"protobuf's 2 GiB limit for one .onnx file, and this exporter does not write "
-                               f"external data yet; prune the model or use the executorch or litert format")
+    layers = _weight_layers(loaded.module)
+    head = _tied_lm_head(layers)
+    graph_bytes = fp32_bytes + (4 * layers[head].weight.numel() if head else 0)  # a tied head is stored twice
+    if graph_bytes >= _PROTOBUF_LIMIT_BYTES:
+        tied = f" with its tied lm_head stored twice" if head else ""
+        raise UnsupportedError(f"onnx LM export: {loaded.name}'s fp32 graph is {graph_bytes / 2**30:.2f} GiB"
+                               f"{tied}, over protobuf's 2 GiB limit for one .onnx file (int8/int4 start from "
+                               f"that graph too), and this exporter does not write external data yet; prune the "
+                               f"model or use the executorch or litert format")
     if scheme.activations is Activations.STATIC:
         raise UnsupportedError("onnx LM export: static int8 activations need fixed scales for every prompt and "
                                "cache length; use dynamic activations (int8 or int4)")
