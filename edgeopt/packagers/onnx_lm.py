@@ -312,16 +312,41 @@ def module_coverage(wrapper, fp32_graph, quantized_graph, scheme: QuantScheme) -
     """
     from edgeopt.packagers import onnx_quant
 
+    import dataclasses
+
     layers = _weight_layers(wrapper)
     inventory = _layer_inventory(fp32_graph, layers)
     missing = sorted(set(layers) - {ref.module for ref in inventory.values()})
+    # A tied lm_head the exporter computes from the embedding's own table (one tensor in the graph, no
+    # transposed copy; SmolLM2's shape): it is stored exactly as that table is.
+    head, table = _tied_lm_head(layers), None
+    if head in missing:
+        table = next((n for n, m in layers.items() if isinstance(m, torch_embedding())
+                      and m.weight.data_ptr() == layers[head].weight.data_ptr()), None)
+        if table is not None and table not in missing:
+            missing.remove(head)
+        else:
+            table = None
     if missing:
         raise ExportError(f"onnx LM export: {len(missing)} layer(s) of the model have no weight in the exported "
                           f"graph, so coverage cannot say how they are stored: {', '.join(missing)}")
     if quantized_graph is None:
         why = f"kept float: {scheme.precision.value} artifact (no quantization asked)"
         return Coverage((), {name: why for name in sorted(layers)})
-    return onnx_quant.check_coverage(inventory, quantized_graph, scheme)
+    coverage = onnx_quant.check_coverage(inventory, quantized_graph, scheme)
+    if table is None:
+        return coverage
+    if table in coverage.quantized:
+        return dataclasses.replace(coverage, quantized=tuple(sorted((*coverage.quantized, head))))
+    why = coverage.kept_float.get(table, "kept float")
+    return dataclasses.replace(coverage, kept_float={**coverage.kept_float,
+                                                     head: f"{why} (tied: the graph's {table} table)"})
+
+
+def torch_embedding():
+    import torch
+
+    return torch.nn.Embedding
 
 
 def _weight_layers(wrapper) -> dict:
