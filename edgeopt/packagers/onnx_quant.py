@@ -128,6 +128,7 @@ def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict], *,
     stale = [v for v in model.graph.value_info if v.name in inits]
     for v in stale:
         model.graph.value_info.remove(v)
+    folded = _fold_constant_transposes(model)
     inventory = weight_inventory(model)
     if module_names:
         from dataclasses import replace
@@ -146,8 +147,46 @@ def quantize(src: Path, dst: Path, scheme: QuantScheme, feeds: list[dict], *,
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise ExportError(f"onnx: {scheme.describe()} quantization failed: {type(e).__name__}: {first}") from e
+    if folded:
+        details["transposed_weights_materialized"] = folded
     coverage = check_coverage(inventory, onnx.load(str(dst), load_external_data=False), scheme)
     return coverage, details
+
+
+def _fold_constant_transposes(model) -> list[str]:
+    """Replace ``MatMul(X, Transpose(W))`` with ``MatMul(X, W')`` (W' = W.T stored) for a 2-D initializer W.
+
+    The exporter folds a tied lm_head's transpose of the embedding table into a constant for small tables, but
+    leaves a Transpose node for large ones (SmolLM2's 49152 x 576): then the head's MatMul has no constant
+    weight, no quantizer touches it, and the float table stays in the graph next to its quantized Gather copy.
+    Materialized here (``W.T``, a second copy, as small tables already are), the head is quantized like any
+    linear. Returns the initializers whose transpose was materialized.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    folded = []
+    for node in list(model.graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits or len(inits[node.input[0]].dims) != 2:
+            continue
+        perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [1, 0])
+        users = consumers.get(node.output[0], [])
+        if perm != [1, 0] or not users or node.output[0] in outputs or any(
+                u.op_type != "MatMul" or list(u.input).index(node.output[0]) != 1 for u in users):
+            continue
+        name = node.input[0] + ".T"  # not "<W>_...": check_coverage reads that prefix as W's quantized form
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]).T.copy(),
+                                                               name))
+        for u in users:
+            u.input[1] = name
+        model.graph.node.remove(node)
+        folded.append(node.input[0])
+    return folded
 
 
 def check_coverage(inventory: dict[str, WeightRef], quantized_model, scheme: QuantScheme) -> Coverage:
