@@ -455,8 +455,9 @@ def _module_name(model, module) -> str | None:
 def _tied(model) -> dict[str, str]:
     """{output layer: input embedding} when they share one weight.
 
-    The converter stores one tensor for both; ai-edge-quantizer gives each quantized op its own copy (the
-    table's EMBEDDING_LOOKUP and the head's FULLY_CONNECTED), so the table is then stored twice.
+    The converter stores one tensor for both, and ai-edge-quantizer keeps one when both ops get the same
+    quantization (int4 in the scheme's groups, or int8 per row and channel; measured on SmolLM2's shape:
+    one 14.2 MB int4 buffer for the 49152 x 576 table); it gives each op its own copy when they differ.
     """
     emb, out = model.get_input_embeddings(), model.get_output_embeddings()
     if emb is None or out is None or out.weight is not emb.weight:
