@@ -27,12 +27,15 @@ PROMPT_LEN = 8
 CONTEXT_LEN = 48
 FP32_MAX_ABS = 1e-4  # measured 1.2e-7 (prefill and decode logits, all three models)
 # Quantized Llama vs fp32 eager on a 32-token prompt; measured on this machine in the comments.
-MIN_COSINE = {"int8": 0.999, "int4": 0.995}  # measured 0.99995 / 0.99868
-MIN_TOP1 = {"int8": 0.95, "int4": 0.85}  # teacher-forced top-1 agreement; measured 1.0 / 0.9375
+# int4 measured 0.99868 with the lm_head and table int8, 0.9900 with both int4 (a random-init model's flat
+# logits; on the trained 4M-parameter tiny LM both int4 cost perplexity x1.0032 vs fp32, see tflite_lm._quantize).
+MIN_COSINE = {"int8": 0.999, "int4": 0.985}  # measured 0.99995 / 0.9900
+MIN_TOP1 = {"int8": 0.95, "int4": 0.85}  # teacher-forced top-1 agreement; measured 1.0 / 0.875 (0.9375 with int8 head)
 # File bytes / fp32 file. Weights are ~40% of this tiny file (the rest: graph, two signatures, constants),
-# so the ratios are far from 1/4 and 1/8; measured 0.776 / 0.765 (int4 keeps lm_head and table int8).
-# On a 4M-parameter Llama: 0.286 / 0.196 (int4 per channel).
-MAX_SIZE_RATIO = {"int8": 0.80, "int4": 0.79}
+# so the ratios are far from 1/4 and 1/8; measured 0.776 / 0.733 (int4 with lm_head and table int4; 0.765 when
+# both were int8). On the trained 4M-parameter tiny LM int4 is 0.160 (was 0.193); on SmolLM2-135M's shape
+# (tied table stored once, 2/4-layer variants extrapolated to 30 layers) 78.3 of 540.3 MB = 0.145 (was 0.170).
+MAX_SIZE_RATIO = {"int8": 0.80, "int4": 0.75}
 FP16_MAX_ABS = 1e-3  # fp16 weights, fp32 compute; measured 1.5e-4
 
 pytestmark = pytest.mark.skipif(
@@ -274,16 +277,17 @@ def test_quantized_coverage_size_and_fidelity(llama_builds, llama, precision):
     names = {f"model.{n}" for n in _linear_and_embedding_names(llama.module.model)}  # the wrapped model's names
     assert len(names) == 16
     assert set(artifact.coverage.quantized) == names and artifact.coverage.kept_float == {}
-    # int4: the token table and lm_head int8, the 14 other linears int4 in groups of 32
-    expected_types = {"int8": {"INT8": 16}, "int4": {"INT4": 14, "INT8": 2}}[precision]
+    # int4: all 14 linears, the lm_head and the token table int4 in groups of 32
+    expected_types = {"int8": {"INT8": 16}, "int4": {"INT4": 16}}[precision]
     assert artifact.details["weights"] == expected_types
     ratio = artifact.path.stat().st_size / fp32.path.stat().st_size
-    assert ratio < MAX_SIZE_RATIO[precision]
+    assert ratio < MAX_SIZE_RATIO[precision], ratio
     ids = _ids(32, seed=10, vocab=llama.config.vocab_size)
     got = _session(artifact).prefill(ids)
     expected = _eager_logits(llama.module.model, ids)
-    assert _cosine(got, expected) > MIN_COSINE[precision]
-    assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= MIN_TOP1[precision]
+    assert _cosine(got, expected) > MIN_COSINE[precision], _cosine(got, expected)
+    top1 = np.mean(got.argmax(-1) == expected.argmax(-1))
+    assert top1 >= MIN_TOP1[precision], top1
 
 
 def test_fp16_weights_are_stored_fp16_and_close(llama_builds, llama):
