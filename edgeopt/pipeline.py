@@ -456,6 +456,7 @@ def _verify(packager, artifact, loaded, data: _Data):
     if data.lm is not None:
         from edgeopt.lm import quality
 
+        gc.collect()  # the exporter's graphs hold reference cycles (fx nodes): free their weights before the runtime loads
         session = quality.open_session(artifact.runtime.value, artifact.path, artifact.details["lm"], data.threads)
         return quality.measure(session, data.lm)
 
