@@ -64,7 +64,9 @@ class QuantScheme:
             parts[0] += f" (group {self.group_size})"
         parts.append({"float": "float activations", "dynamic": "dynamic int8 activations", "static": "static int8 activations (calibrated)"}[self.activations.value])
         if self.quantize_embeddings:
-            parts.append("embeddings int8")
+            # int4: a decoder LM's token table is int4 in groups (every format); an encoder's tables stay int8
+            parts.append("embeddings int8" if self.precision is not Precision.INT4 else
+                         "embeddings quantized (int4 groups in LMs, int8 in encoders)")
         if self.keep_float:
             parts.append(f"{len(self.keep_float)} layer(s) kept float")
         return ", ".join(parts)
@@ -99,7 +101,8 @@ def default_scheme(precision: Precision) -> QuantScheme:
 
     int8: dynamic int8 activations with per-channel int8 weights and int8 embeddings — the accurate,
     calibration-free default (per-tensor weights lose ~4 points of cosine on MiniLM).
-    int4: int4 weights in groups of 32 with dynamic int8 activations; embeddings int8.
+    int4: int4 weights in groups of 32 with dynamic int8 activations; embeddings int8 in encoders, int4 groups
+    in decoder LMs.
     """
     if precision is Precision.INT8:
         return QuantScheme(Precision.INT8, Activations.DYNAMIC, Granularity.PER_CHANNEL, quantize_embeddings=True)
