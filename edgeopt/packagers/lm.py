@@ -157,7 +157,7 @@ def memory_shortfall(runtime: Runtime, precision: str, fp32_bytes: int, *, name:
     smaller = (f"; {', '.join(fits)} would fit now" if fits else
                "; no format or precision of this model fits in the memory available now")
     return (f"{runtime.value} {precision}: building {name} ({fp32_bytes / GB:.2f} GB of fp32 weights) needs about "
-            f"{need / GB:.1f} GB of host memory at peak, {extra / GB:.1f} GB more than this process holds "
-            f"({resident / GB:.1f} GB), and only {available / GB:.1f} GB is available; close other work to free "
+            f"{need / GB:.1f} GB of host memory at peak: {extra / GB:.1f} GB beyond the loaded model (this process "
+            f"holds {resident / GB:.1f} GB), and only {available / GB:.1f} GB is available; close other work to free "
             f"{(extra - available) / GB:.1f} GB, build on a machine with at least {-(-need // GB) + 1} GB of RAM, "
             f"or pick a smaller --precision / --format{smaller}")
