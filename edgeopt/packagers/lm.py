@@ -161,3 +161,44 @@ def memory_shortfall(runtime: Runtime, precision: str, fp32_bytes: int, *, name:
             f"holds {resident / GB:.1f} GB), and only {available / GB:.1f} GB is available; close other work to free "
             f"{(extra - available) / GB:.1f} GB, build on a machine with at least {-(-need // GB) + 1} GB of RAM, "
             f"or pick a smaller --precision / --format{smaller}")
+
+
+# --- the last conversion of each kind, on disk ---------------------------------------------------
+
+_FILE_CACHE: dict[str, tuple[str, Path]] = {}  # kind -> (content key, file)
+_FILE_CACHE_DIR: list[Path] = []
+
+
+def cached_conversion(kind: str, key: str, path: Path) -> bool:
+    """Copy the last conversion of ``kind`` to ``path`` when its content key is ``key``; whether it did.
+
+    The fp32 conversion of a model is the start of every precision and every keep-float retry of it, and takes
+    minutes for a real-size LM; kept as a file (not bytes in memory: that would add the whole model to the build's
+    peak) in a temporary folder removed at exit."""
+    import shutil
+
+    hit = _FILE_CACHE.get(kind)
+    if hit is None or hit[0] != key or not hit[1].is_file():
+        return False
+    shutil.copyfile(hit[1], path)
+    return True
+
+
+def remember_conversion(kind: str, key: str, path: Path) -> None:
+    """Keep a copy of ``path`` as the last conversion of ``kind`` (replacing the previous one)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _FILE_CACHE_DIR:
+        folder = Path(tempfile.mkdtemp(prefix="edgeopt-conversions-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _FILE_CACHE_DIR.append(folder)
+    target = _FILE_CACHE_DIR[0] / kind
+    _FILE_CACHE.pop(kind, None)
+    try:
+        shutil.copyfile(path, target)
+    except OSError:  # no room for the copy: the next attempt converts again
+        target.unlink(missing_ok=True)
+        return
+    _FILE_CACHE[kind] = (key, target)

@@ -230,11 +230,10 @@ def _returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-_last_export: dict[str, bytes] = {}  # one entry: content key → model bytes (the same model per precision)
 
 
 def _export_fp32(loaded: LoadedModel, shape: dict[str, int], path: Path) -> None:
-    """torch.onnx (dynamo) export of the explicit-past graph; the last one is kept in memory by content."""
+    """torch.onnx (dynamo) export of the explicit-past graph; the last one is kept (on disk) by content."""
     import torch
 
     from edgeopt.packagers import onnx as onnx_packager
@@ -246,8 +245,9 @@ def _export_fp32(loaded: LoadedModel, shape: dict[str, int], path: Path) -> None
     past = [torch.zeros(1, shape["num_kv_heads"], _TRACE_PAST, shape["head_dim"]) for _ in range(2 * layers)]
     example = (ids, mask, *past)
     key = "lm:" + onnx_packager._content_key(loaded, example)
-    if key in _last_export:
-        path.write_bytes(_last_export[key])
+    from edgeopt.packagers.lm import cached_conversion, remember_conversion
+
+    if cached_conversion("onnx-lm", key, path):
         return
     dynamic = ({1: "seq"}, {1: "total"}, tuple({2: "past"} for _ in past))
     try:
@@ -261,9 +261,7 @@ def _export_fp32(loaded: LoadedModel, shape: dict[str, int], path: Path) -> None
                               dynamo=True, external_data=False, verbose=False)
     except Exception as e:  # any exporter failure becomes an ExportError naming the format
         raise ExportError(f"onnx: torch.onnx export of the KV-cache LM failed: {onnx_packager._first_line(e)}") from e
-    _last_export.clear()
-    if path.stat().st_size <= onnx_packager._CACHE_MAX_BYTES:
-        _last_export[key] = path.read_bytes()
+    remember_conversion("onnx-lm", key, path)
 
 
 def empty_past(shape: dict[str, int]) -> dict:

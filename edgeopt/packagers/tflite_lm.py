@@ -210,9 +210,8 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
 
 
 # The last conversion, by content: int8 and int4 candidates of one model start from the same fp32 file,
-# and a conversion takes tens of seconds where hashing the weights takes well under one.
-_LAST_CONVERSION: dict[str, bytes] = {}
-_CACHE_MAX_BYTES = 512 * 1024 * 1024
+# and a conversion takes tens of seconds (minutes for a real-size LM) where hashing the weights takes well under
+# one. Kept as a file (edgeopt.packagers.lm.cached_conversion), not bytes in memory.
 
 
 def _convert_cached(loaded: LoadedModel, path: Path, prompt_len: int, context_len: int) -> None:
@@ -220,14 +219,13 @@ def _convert_cached(loaded: LoadedModel, path: Path, prompt_len: int, context_le
 
     from edgeopt.packagers.tflite import _conversion_key
 
+    from edgeopt.packagers.lm import cached_conversion, remember_conversion
+
     key = "lm:" + _conversion_key(loaded, {"lm": (torch.tensor([prompt_len, context_len]),)})
-    if key in _LAST_CONVERSION:
-        path.write_bytes(_LAST_CONVERSION[key])
+    if cached_conversion("tflite-lm", key, path):
         return
     _convert(loaded.module.model, path, prompt_len, context_len)
-    _LAST_CONVERSION.clear()
-    if path.stat().st_size <= _CACHE_MAX_BYTES:
-        _LAST_CONVERSION[key] = path.read_bytes()
+    remember_conversion("tflite-lm", key, path)
 
 
 def _convert(model, path: Path, prompt_len: int, context_len: int) -> None:
