@@ -143,7 +143,10 @@ def row_for(shape: str, fmt: str, precision: str, res: dict, fp32_bytes: int) ->
            "fp32_mb": round(fp32_bytes / MB), "rc": res["rc"], "artifact_mb": None, "size_ratio": None,
            "verification": None, "fidelity": None}
     if res["timed_out"]:
-        row["verification"] = f"failed: timed out after {res['seconds']:.0f} s"
+        progress = [ln for ln in res["stderr"].splitlines() if ln.strip()]
+        row["verification"] = (f"failed: timed out after {res['seconds']:.0f} s"
+                               + (f" (last: {progress[-1].strip()[:200]})" if progress else ""))
+        row["stderr_tail"] = res["stderr"][-3000:]
         return row
     if res["rc"] == 0:
         try:
