@@ -17,8 +17,13 @@ variant is exported by edgeopt's KV-cache LM export (the same call ``edgeopt pac
   tokens/s = prompt / prefill time, decode tokens/s = 1 / mean decode step.
 
 The anchor is the same checkpoint through ``executorch.examples.models.llama`` (benchmarks/et_anchor.py), fp32
-and 8da4w, timed the same way. Targets (issue 7): int4 decode at least 2x the fp32 decode speed in the best
-format; perplexity within 5% of fp32.
+and 8da4w, timed the same way. Targets (issue 16): the fastest edgeopt int4 decode at least 2x the fastest
+edgeopt fp32 decode and at least 1.0x the anchor's 8da4w decode; int4 perplexity within 5% of fp32 in every
+format (on the trained tiny LM: ``--shape`` models have random weights, so their perplexity means nothing).
+
+``--shape smollm2-135m`` (or ``qwen2.5-0.5b``, ... see edgeopt/lm/shapes.py) benchmarks a real LLM's exact
+config shape with seeded random weights: sizes, memory and speed are the real model's. Each worker reports
+time to first token (the prompt's prefill) and its peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -60,7 +65,23 @@ def _worker(args: argparse.Namespace) -> None:
         prefill.append(timer["prefill_s"])
         decode.extend(timer["decode_s"])
     print(json.dumps({"prefill_tokens_per_s": len(prompt) / statistics.median(prefill),
-                      "decode_tokens_per_s": 1.0 / statistics.mean(decode)}))
+                      "decode_tokens_per_s": 1.0 / statistics.mean(decode),
+                      "ttft_ms": 1000 * statistics.median(prefill),
+                      "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would carry the forking parent's peak across
+    exec on Linux, so every worker would report the benchmark driver's 5 GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(spec_path: Path, threads: int, new_tokens: int) -> dict:
@@ -115,13 +136,15 @@ def _anchor_rows(args, loaded, data, work: Path) -> list[dict]:
         return []
     rows = []
     for quant in ("fp32", "8da4w"):
-        row = {"name": f"executorch's own LLM export {quant}", "runtime": "anchor", "precision": quant}
+        emb = args.anchor_embedding if quant == "8da4w" else None
+        row = {"name": f"executorch's own LLM export {quant}" + (f" -E {emb}" if emb else ""), "runtime": "anchor",
+               "precision": quant}
         rows.append(row)
         try:
             t0 = time.perf_counter()
-            pte = work / f"anchor-{quant}" / f"et_anchor_{quant}_full.pte"
+            pte = work / f"anchor-{quant}" / f"et_anchor_{quant}_full{'_emb' if emb else ''}.pte"
             if not pte.exists():  # its export takes minutes: reuse one from an earlier run of the same --work
-                _export_anchor(Path(loaded.source), pte.parent, quant, args)
+                _export_anchor(Path(loaded.source), pte.parent, quant, args, emb)
             row["export_s"] = round(time.perf_counter() - t0, 1)
             lm = {"prompt_len": args.prompt, "context_len": args.context, "vocab_size": loaded.config.vocab_size}
             fid, _ = quality.measure(et_anchor.load_anchor(pte, args.threads), data)
@@ -135,15 +158,19 @@ def _anchor_rows(args, loaded, data, work: Path) -> list[dict]:
     return rows
 
 
-def _export_anchor(model_dir: Path, out: Path, quant: str, args) -> None:
+def _export_anchor(model_dir: Path, out: Path, quant: str, args, embedding: str | None = None) -> None:
     """In a fresh process: export_llama in a process that already ran edgeopt's ExecuTorch exports failed
     (8da4w: "RuntimeError when making fake tensor call") where the same call alone succeeds."""
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import et_anchor; from pathlib import Path; "
             f"et_anchor.export_anchor(Path({str(model_dir)!r}), Path({str(out)!r}), quant={quant!r}, "
-            f"max_seq_len={args.prompt + 1}, max_context_len={args.context}, full_logits=True)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1][:300])
+            f"max_seq_len={args.prompt + 1}, max_context_len={args.context}, full_logits=True, "
+            f"embedding_quantize={embedding!r})")
+    for _attempt in range(2):  # export_llama's dynamo trace failed once on a loaded host and passed when rerun
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
+                              check=False)
+        if proc.returncode == 0:
+            return
+    raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1][:300])
 
 
 def main() -> None:
@@ -157,6 +184,12 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,int8,int4")
     ap.add_argument("--no-anchor", action="store_true")
     ap.add_argument("--model", default=None, help="an HF causal-LM directory (default: the tiny Shakespeare LM)")
+    ap.add_argument("--shape", default=None,
+                    help="a real LLM's config shape with random weights (edgeopt.lm.shapes: smollm2-135m, "
+                         "qwen2.5-0.5b, ...): speed and size are the real model's, quality is not")
+    ap.add_argument("--anchor-embedding", default="",
+                    help="the anchor's 8da4w embedding quantization (export_llama -E, e.g. 4,32 as edgeopt's int4 "
+                         ".pte stores its table); default '': a float table, export_llama's default")
     ap.add_argument("--work", default="/tmp/edgeopt-bench-lm")
     ap.add_argument("--out", default=None)
     ap.add_argument("--remeasure", default=None, metavar="RESULTS",
@@ -184,7 +217,13 @@ def main() -> None:
     from edgeopt.lm.tinylm import build_tiny_lm
     from edgeopt.models import load_model
 
-    model_dir = Path(args.model) if args.model else build_tiny_lm(say=lambda m: print(m, file=sys.stderr))
+    if args.shape:
+        from edgeopt.lm.shapes import build_shape
+
+        model_dir = build_shape(args.shape)
+    else:
+        model_dir = Path(args.model) if args.model else build_tiny_lm(say=lambda m: print(m, file=sys.stderr))
+    args.anchor_embedding = args.anchor_embedding or None
     loaded = load_model(str(model_dir))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -223,40 +262,56 @@ def _time(rows: list[dict], args) -> None:
         r["decode_tokens_per_s"] = statistics.median(m["decode_tokens_per_s"] for m in good)
         r["prefill_tokens_per_s"] = statistics.median(m["prefill_tokens_per_s"] for m in good)
         r["decode_rounds"] = [round(m["decode_tokens_per_s"], 1) for m in good]
+        r["ttft_ms"] = statistics.median(m["ttft_ms"] for m in good)
+        r["peak_rss_mb"] = max(m["peak_rss_mb"] for m in good)
 
 
 def _print(rows: list[dict], model: str, args) -> None:
     fp32 = {r["runtime"]: r for r in rows if r["precision"] == "fp32" and "decode_tokens_per_s" in r}
     print(f"\n{model}: prompt {args.prompt} tokens, {args.new_tokens} new tokens, KV cache {args.context}, "
           f"{args.threads} threads, median of {args.rounds} interleaved rounds (fresh process each)\n")
-    head = (f"{'variant':40} {'MB':>6} {'of fp32':>7} {'prefill t/s':>11} {'decode t/s':>10} {'x fp32':>6} "
-            f"{'ppl':>8} {'ppl d%':>7} {'KL':>7} {'greedy':>6}")
+    head = (f"{'variant':46} {'MB':>7} {'of fp32':>7} {'TTFT ms':>8} {'prefill t/s':>11} {'decode t/s':>10} "
+            f"{'x fp32':>6} {'RSS MB':>7} {'ppl':>8} {'ppl d%':>7} {'KL':>7} {'greedy':>6}")
     print(head)
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:40} error: {r['error']}")
+            print(f"{r['name']:46} error: {r['error']}")
             continue
         base = fp32.get(r["runtime"])
         speed = r["decode_tokens_per_s"] / base["decode_tokens_per_s"] if base else float("nan")
         size = r["bytes"] / base["bytes"] if base else float("nan")
         delta = (r["perplexity"] / r["reference_perplexity"] - 1) * 100
-        print(f"{r['name']:40} {r['bytes'] / MB:6.2f} {size:7.2f} {r['prefill_tokens_per_s']:11.0f} "
-              f"{r['decode_tokens_per_s']:10.1f} {speed:6.2f} {r['perplexity']:8.3f} {delta:+7.2f} {r['kl']:7.4f} "
+        print(f"{r['name']:46} {r['bytes'] / MB:7.2f} {size:7.3f} {r.get('ttft_ms', float('nan')):8.1f} "
+              f"{r['prefill_tokens_per_s']:11.0f} {r['decode_tokens_per_s']:10.1f} {speed:6.2f} "
+              f"{r.get('peak_rss_mb', float('nan')):7.0f} {r['perplexity']:8.3f} {delta:+7.2f} {r['kl']:7.4f} "
               f"{r['greedy']:6.0%}")
-    best = None
-    for rt, base in fp32.items():
-        int4 = next((r for r in rows if r["runtime"] == rt and r["precision"] in ("int4", "8da4w")
-                     and "decode_tokens_per_s" in r), None)
-        if int4 and rt != "anchor":
-            ratio = int4["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-            if best is None or ratio > best[1]:
-                best = (rt, ratio, int4)
-    if best:
-        rt, ratio, int4 = best
-        delta = (int4["perplexity"] / int4["reference_perplexity"] - 1) * 100
-        print(f"\ntarget: int4 decode >= 2x fp32 decode in the best format: {'PASS' if ratio >= 2 else 'FAIL'} "
-              f"({rt}: {ratio:.2f}x)")
-        print(f"target: int4 perplexity within 5% of fp32: {'PASS' if delta <= 5 else 'FAIL'} ({rt}: {delta:+.2f}%)")
+    # The targets compare the fastest edgeopt int4 artifact with the fastest edgeopt fp32 one (any format) and
+    # with the anchor's 8da4w program; the perplexity target is the fastest int4 artifact's.
+    ours = [r for r in rows if r["runtime"] != "anchor" and "decode_tokens_per_s" in r]
+    int4s = [r for r in ours if r["precision"] == "int4"]
+    fp32s = [r for r in ours if r["precision"] == "fp32"]
+    if int4s and fp32s:
+        int4 = max(int4s, key=lambda r: r["decode_tokens_per_s"])
+        base = max(fp32s, key=lambda r: r["decode_tokens_per_s"])
+        rt, ratio = int4["runtime"], int4["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        print(f"\ntarget: best int4 decode >= 2x best fp32 decode: {'PASS' if ratio >= 2 else 'FAIL'} "
+              f"({rt} int4 {int4['decode_tokens_per_s']:.1f} vs {base['runtime']} fp32 "
+              f"{base['decode_tokens_per_s']:.1f} tokens/s, {ratio:.2f}x)")
+        anchor = next((r for r in rows if r["runtime"] == "anchor" and r["precision"] == "8da4w"
+                       and "decode_tokens_per_s" in r), None)
+        if anchor:
+            vs = int4["decode_tokens_per_s"] / anchor["decode_tokens_per_s"]
+            print(f"target: best int4 decode >= 1.0x ExecuTorch's own 8da4w export: {'PASS' if vs >= 1 else 'FAIL'} "
+                  f"({rt}: {int4['decode_tokens_per_s']:.1f} vs {anchor['decode_tokens_per_s']:.1f} tokens/s, "
+                  f"{vs:.2f}x)")
+        if args.shape:
+            print("quality: random weights (a config shape), so perplexity means nothing here; the 5% target is "
+                  "measured on the trained tiny LM (run without --shape)")
+        else:
+            deltas = {r["runtime"]: (r["perplexity"] / r["reference_perplexity"] - 1) * 100 for r in int4s}
+            print(f"target: int4 perplexity within 5% of fp32 in every format: "
+                  f"{'PASS' if max(deltas.values()) <= 5 else 'FAIL'} ("
+                  + ", ".join(f"{k}: {v:+.2f}%" for k, v in deltas.items()) + ")")
 
 
 if __name__ == "__main__":
