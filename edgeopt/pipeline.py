@@ -296,6 +296,8 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
                 artifact = _export(packager, row.candidate.runtime, loaded, attempt_scheme,
                                    work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}", data)
             except (UnsupportedError, ResourceError) as e:
+                if isinstance(e, ResourceError) and not getattr(e, "memory_shortfall", False):
+                    raise  # the disk or a file-size limit during the export: exit 6 with its own message
                 _reject(row, str(e))
                 memory_refused += isinstance(e, ResourceError)
                 break
@@ -411,7 +413,9 @@ def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data)
 
     why = _memory_shortfall(loaded, runtime, scheme.precision)
     if why:
-        raise ResourceError(why)
+        error = ResourceError(why)
+        error.memory_shortfall = True  # an up-front refusal: the next candidate may fit
+        raise error
     gc.collect()  # the previous attempt's converter state and artifact buffers, before this one allocates
 
     return export_lm(runtime, loaded, scheme, work, prompt_len=data.lm.prompt_len, context_len=data.lm.context_len)
