@@ -292,14 +292,18 @@ def _build_first_passing(plan: Plan, loaded, profile, data: _Data, work: Path, s
         for keep in _keep_float_schedule(data, loaded, scheme):
             attempt_scheme = scheme.with_keep_float(keep) if keep else scheme
             say(f"export: {row.candidate.key} ({attempt_scheme.describe()})")
+            # Before each LM export (the previous attempts' memory may not be back): a build that would not fit
+            # this host's memory is rejected, and the next candidate may fit.
+            why = _memory_shortfall(loaded, row.candidate.runtime, attempt_scheme.precision) if data.lm is not None else None
+            if why:
+                _reject(row, why)
+                memory_refused += 1
+                break
             try:
                 artifact = _export(packager, row.candidate.runtime, loaded, attempt_scheme,
                                    work / f"{row.candidate.key.replace('/', '-')}-{len(keep)}", data)
-            except (UnsupportedError, ResourceError) as e:
-                if isinstance(e, ResourceError) and not getattr(e, "memory_shortfall", False):
-                    raise  # the disk or a file-size limit during the export: exit 6 with its own message
+            except UnsupportedError as e:
                 _reject(row, str(e))
-                memory_refused += isinstance(e, ResourceError)
                 break
             say(f"verify: {row.candidate.key} in {row.candidate.runtime.value} on {len(data.eval)} held-out inputs")
             try:
@@ -411,11 +415,6 @@ def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data)
         return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
     from edgeopt.packagers.lm import export_lm
 
-    why = _memory_shortfall(loaded, runtime, scheme.precision)
-    if why:
-        error = ResourceError(why)
-        error.memory_shortfall = True  # an up-front refusal: the next candidate may fit
-        raise error
     gc.collect()  # the previous attempt's converter state and artifact buffers, before this one allocates
 
     return export_lm(runtime, loaded, scheme, work, prompt_len=data.lm.prompt_len, context_len=data.lm.context_len)
