@@ -133,6 +133,27 @@ def _check_scheme(loaded: LoadedModel, scheme: QuantScheme) -> None:
                                    "smaller group, per_channel, or keep_float for them)")
 
 
+def _keep_tied_together(model, scheme: QuantScheme) -> tuple[QuantScheme, dict[str, str]]:
+    """A tied table and head are one tensor: when ``keep_float`` names one, the other stays float too.
+
+    Quantizing only one makes ai-edge-quantizer copy the shared buffer, per signature: on SmolLM2's shape
+    (2 layers) the lm_head kept float beside an int4 table wrote 260.7 MB (two float and two int4 copies of
+    the 49152 x 576 table) where one shared float table is 113 MB. Returns the scheme and {added: named}.
+    """
+    from dataclasses import replace
+
+    keep = set(scheme.keep_float)
+    partners = {}
+    for head, table in _tied(model).items():
+        if head in keep and table not in keep:
+            partners[table] = head
+        elif table in keep and head not in keep:
+            partners[head] = table
+    if not partners:
+        return scheme, {}
+    return replace(scheme, keep_float=(*scheme.keep_float, *sorted(partners))), partners
+
+
 def _linear_in_features(model) -> list[tuple[str, int]]:
     import torch
 
@@ -162,6 +183,7 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
     """
     check_lm(loaded, scheme)
     wrapped_scheme, scheme = scheme, _hf_names(scheme)
+    scheme, partners = _keep_tied_together(loaded.module.model, scheme)
     config = loaded.config
     check_lengths("tflite lm", config, prompt_len, context_len)
     start = time.perf_counter()
@@ -177,7 +199,10 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
                                                                 loaded.module.model.get_output_embeddings()))
         fp32_path.unlink()
     stored = _stored_types(path, weights)
-    coverage = _wrapped_names(_coverage(scheme, weights, stored))
+    coverage = _coverage(scheme, weights, stored)
+    for module, partner in partners.items():
+        coverage.kept_float[module] = f"kept float: shares its weight with model.{partner} (kept float)"
+    coverage = _wrapped_names(coverage)
     prefill_sig = f"prefill_{prompt_len}"
     inputs, outputs = _signature_io(path, DECODE_SIGNATURE)
     cache_names = sorted((n for n in inputs if n.startswith(CACHE_PREFIX)), key=_natural)
@@ -323,7 +348,7 @@ def _quantize(src: Path, dst: Path, scheme: QuantScheme, weights: list[_WeightUs
             if w.module in keep:  # added last: later configs win in ai-edge-quantizer
                 q.update_quantization_recipe(f"^{re.escape(w.scope)}$", qtyping.TFLOperationName[w.op],
                                              algorithm_key=AlgorithmName.NO_QUANTIZE)
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), _duplicates_named_in_bytes():
             quantized = q.quantize(None, enable_progress_bar=False, enable_progress_report=False)
         quantized.export_model(str(dst), overwrite=True)
     except (ValueError, RuntimeError, KeyError) as e:
@@ -417,6 +442,31 @@ def _stored_types(path: Path, uses: list[_WeightUse]) -> dict[str, str]:
         kind = fbu.type_to_name(graph.tensors[t].type)
         stored[u.module] = kind if u.module not in stored else max(stored[u.module], kind, key=_type_rank)
     return stored
+
+
+@contextlib.contextmanager
+def _duplicates_named_in_bytes():
+    """Work around ai-edge-quantizer 0.10: a tensor it duplicates gets a ``str`` name, and its blockwise (int4)
+    quantization then appends ``b"_scales"`` to it (TypeError). That happens when a tied table's two ops get
+    different configs, e.g. the lm_head kept float (a sensitive layer) while the token table is int4 in
+    groups: the quantizer copies the shared buffer for one of them. Names are set back to bytes after each
+    duplication (the transformation table is built inside quantize(), so patching the module is enough)."""
+    from ai_edge_quantizer.transformations import duplicate_tensor as dt
+
+    original = dt.duplicate_tensor
+
+    def duplicate(transformation_input):
+        info = original(transformation_input)
+        for tensor in transformation_input.subgraph.tensors:
+            if isinstance(tensor.name, str):
+                tensor.name = tensor.name.encode()
+        return info
+
+    dt.duplicate_tensor = duplicate
+    try:
+        yield
+    finally:
+        dt.duplicate_tensor = original
 
 
 def _coverage(scheme: QuantScheme, uses: list[_WeightUse], stored: dict[str, str]) -> Coverage | None:

@@ -305,6 +305,28 @@ def test_keep_float_layer_stays_float(llama, tmp_path):
     assert len(artifact.coverage.quantized) == 15 and artifact.coverage.unexpected() == {}
 
 
+def test_tied_head_kept_float_keeps_its_table_float_and_stored_once(tmp_path):
+    """Keeping a tied lm_head float beside an int4 table crashed ai-edge-quantizer 0.10 (TypeError in its
+    blockwise path on the buffer copy it makes) and, worked around alone, stored the table four times (two
+    float, two int4: 260.7 MB on SmolLM2's 2-layer shape vs 117.4 MB with the table kept float beside it)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fbu
+
+    from edgeopt.models import load_model
+
+    qwen = load_model(str(_save_qwen2(tmp_path / "qwen2")))
+    scheme = default_scheme(Precision.INT4).with_keep_float(("model.lm_head",))
+    artifact = _export(qwen, scheme, tmp_path / "int4")
+    assert artifact.coverage.kept_float == {
+        "model.lm_head": "kept float: sensitive layer",
+        "model.model.embed_tokens": "kept float: shares its weight with model.lm_head (kept float)"}
+    assert artifact.coverage.unexpected() == {}
+    fb = fbu.read_model(str(artifact.path))
+    tables = {t.buffer for g in fb.subgraphs for t in g.tensors if list(t.shape) == [128, 32]}
+    assert len(tables) == 1  # one shared float table for both signatures and both ops
+    ids = _ids(20, seed=5, vocab=128)
+    assert _cosine(_session(artifact).prefill(ids), _eager_logits(qwen.module.model, ids)) > 0.98
+
+
 # --- refusals --------------------------------------------------------------------------------------
 
 
