@@ -76,3 +76,24 @@ def _parse(cls, kind: str, value: str, extra: list[str] | None = None):
             return member
     names = [m.value for m in cls] + (extra or [])
     raise UsageError(unknown_name_message(kind, str(value), names))
+
+
+class Target(str, enum.Enum):
+    """Where a runtime executes a model on the device: the host CPU or an accelerator backend.
+
+    A profile names the targets of each runtime (``execution``); a packager declares the targets its runtime has a
+    backend for (``Capabilities.targets``); the planner rejects a runtime with none of the profile's targets.
+    NPU delegates (QNN, NNAPI, Core ML) are later members.
+    """
+
+    CPU = "cpu"
+    CUDA = "cuda"          # NVIDIA GPUs through CUDA kernels (onnxruntime: CUDAExecutionProvider)
+    TENSORRT = "tensorrt"  # NVIDIA GPUs through TensorRT engines (onnxruntime: TensorrtExecutionProvider)
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self is not Target.CPU
+
+    @classmethod
+    def parse(cls, value: str) -> "Target":
+        return _parse(cls, "execution target", value)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from edgeopt.errors import ProfileError
-from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.formats import Format, Precision, Runtime, Target
 from edgeopt.profile_yaml import parse_profile_yaml, read_profile_text
 from edgeopt.registry import unknown_name_message
 from edgeopt.resources import builtin_dir
@@ -155,6 +155,28 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Execution:
+    """Where each runtime executes on the device: its execution targets, in order of preference.
+
+    A runtime the profile's ``execution`` section does not name runs on the host CPU. The profile's ``compute``
+    numbers describe these targets, so a GPU profile names a GPU target for every runtime it lists, and the
+    planner rejects a runtime whose packager has no backend for any of them.
+    """
+
+    onnxruntime: tuple[Target, ...] = (Target.CPU,)
+    executorch: tuple[Target, ...] = (Target.CPU,)
+    litert: tuple[Target, ...] = (Target.CPU,)
+
+    def targets(self, runtime: Runtime) -> tuple[Target, ...]:
+        """The targets ``runtime`` is asked to execute on, most preferred first."""
+        return getattr(self, Runtime(runtime).value)
+
+    @property
+    def on_cpu_only(self) -> bool:
+        return all(self.targets(r) == (Target.CPU,) for r in Runtime)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A validated device profile. ``source`` is the file it came from or ``builtin:NAME``."""
 
@@ -169,13 +191,17 @@ class Profile:
     schema_version: int = SCHEMA_VERSION
     source: str = ""
     calibration: Calibration | None = None
+    execution: Execution = Execution()
 
     def to_dict(self) -> dict:
         """A JSON-able dict in the YAML's layout (enums as strings, ``source`` left out, unset calibration
-        entries left out)."""
+        entries left out; ``execution`` only for a profile with a non-CPU target, for its runtimes)."""
         raw = dataclasses.asdict(self)
         raw.pop("source")
         cal = raw.pop("calibration")
+        raw.pop("execution")
+        if not self.execution.on_cpu_only:
+            raw["execution"] = {r.value: list(self.execution.targets(r)) for r in self.runtimes}
         if raw["limits"].get("model_download_mb") is None:  # unset: one storage budget, as before the key existed
             raw["limits"].pop("model_download_mb", None)
         if not raw["targets"]["fidelity"].get("by_precision"):
@@ -239,6 +265,7 @@ def _build(v: dict, source: str) -> Profile:
         schema_version=v.get("schema_version", SCHEMA_VERSION),
         source=source,
         calibration=_build_calibration(v.get("calibration")),
+        execution=Execution(**{r: tuple(t) for r, t in (v.get("execution") or {}).items()}),
     )
 
 
@@ -426,6 +453,18 @@ def _did_you_mean(word: str, choices: Any, fallback: str = "pick one of those") 
     return f"did you mean {close[0]!r}?" if close else fallback
 
 
+# Words a user may write for a target that are not one: the fix names the target meant.
+_TARGET_HINTS = {
+    "gpu": "name the GPU backend: 'cuda' for NVIDIA GPUs, 'tensorrt' for TensorRT engines on them",
+    "nvidia": "write 'cuda' (or 'tensorrt')",
+    "cudaexecutionprovider": "write the target 'cuda'; the runner picks onnxruntime's provider for it",
+    "tensorrtexecutionprovider": "write the target 'tensorrt'; the runner picks onnxruntime's provider for it",
+    "cpuexecutionprovider": "write the target 'cpu'",
+    "trt": "write 'tensorrt'",
+    "xnnpack": "write 'cpu': XNNPACK is how executorch and litert run on the CPU",
+}
+
+
 def _member(cls: type[enum.Enum], item: Any) -> Any:
     allowed = [m.value for m in cls]
     if isinstance(item, str):
@@ -435,6 +474,8 @@ def _member(cls: type[enum.Enum], item: Any) -> Any:
         if cls is Runtime and item.strip().lower() in {f.value for f in Format}:
             runtime = Format(item.strip().lower()).runtime.value
             raise _Bad(f"must be a runtime, got the format {item!r} (write its runtime {runtime!r})")
+        if cls is Target and item.strip().lower() in _TARGET_HINTS:
+            raise _Bad(f"must be one of {', '.join(allowed)}, got {item!r} ({_TARGET_HINTS[item.strip().lower()]})")
     fix = _did_you_mean(item, allowed) if isinstance(item, str) else "write one name"
     raise _Bad(f"must be one of {', '.join(allowed)}, got {_show(item)} ({fix})")
 
@@ -518,6 +559,8 @@ _SCHEMA = _Section({
         "int4_gops": _Key(_positive_number(), required=False, nullable=True),
     }),
     "runtimes": _Key(_enum_list(Runtime, "runtime"), example="[executorch, litert, onnxruntime]"),
+    "execution": _Section({r.value: _Key(_enum_list(Target, "execution target"), required=False)
+                           for r in Runtime}, required=False),
     "shapes": _Section({
         "batch": _Key(_positive_int(), required=False),
         "seq_len": _Key(_positive_int(), required=False),
@@ -656,6 +699,12 @@ class _Checker:
         if seq_len and context_len and context_len < seq_len:
             self.add(("shapes", "context_len"), f"must be at least shapes.seq_len = {seq_len}, got {context_len} "
                      f"(the KV cache holds the whole prompt: write {seq_len} or more)")
+
+        runtimes = v.get("runtimes")
+        for name in (v.get("execution") or {}):
+            if runtimes is not None and Runtime(name) not in runtimes:
+                self.add(("execution", name), f"names a runtime the profile does not list in runtimes "
+                         f"({', '.join(r.value for r in runtimes)}) (add {name} to runtimes, or remove this entry)")
 
     def raise_if_any(self) -> None:
         if len(self.problems) == 1:
