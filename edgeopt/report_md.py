@@ -21,7 +21,7 @@ def plan_rows(plan_dict: dict) -> list[list[str]]:
         order += 1 if tried else 0
         rows.append([
             str(order) if tried else "-",
-            f"{c['runtime']}/{c['precision']}" + _prune_suffix(c.get("prune")),
+            f"{c['runtime']}/{c['precision']}" + _prune_suffix(c.get("prune")) + _targets_suffix(r.get("targets")),
             f"{est['artifact_bytes'] / MB:.1f}" if est else "-",
             r.get("delivery") or "-",
             f"{est['peak_ram_bytes'] / MB:.0f}" if est else "-",
@@ -40,6 +40,11 @@ def _fidelity_cell(fid: dict | None) -> str:
     if fid.get("perplexity_ratio") is not None:
         return f"ppl x{fid['perplexity_ratio']:.3f} KL {fid['kl']:.3f}"
     return f"{fid['mean_cosine']:.4f}" if fid.get("mean_cosine") is not None else "-"
+
+
+def _targets_suffix(targets: list | None) -> str:
+    """`` on tensorrt,cuda`` for a row that executes on an accelerator; nothing for the CPU (or no target)."""
+    return f" on {','.join(targets)}" if targets and targets != ["cpu"] else ""
 
 
 def _prune_suffix(prune: dict | None) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.formats import Format, Precision, Runtime, Target
 from edgeopt.quantize import Activations, QuantScheme
 from edgeopt.registry import Registry
 
@@ -31,6 +31,8 @@ class Capabilities:
     activations: frozenset[Activations] = frozenset({Activations.FLOAT, Activations.DYNAMIC})
     supports_pruned: bool = True
     notes: dict[Precision, str] = field(default_factory=dict)  # why a precision is missing
+    # where the runtime can execute what this packager builds (its device runner has a backend for each)
+    targets: frozenset[Target] = frozenset({Target.CPU})
 
 
 @dataclass(frozen=True)

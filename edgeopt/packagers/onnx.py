@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeopt.errors import ExportError, MissingDependencyError, UnsupportedError, export_failure
-from edgeopt.formats import Format, Precision, Runtime
+from edgeopt.formats import Format, Precision, Runtime, Target
 from edgeopt.lengths import LengthMode, Lengths, at_length, plan_lengths, run_fitted, torch_dynamic_shapes
 from edgeopt.packagers import Artifact, Capabilities, TensorSpec, register
 from edgeopt.quantize import Activations, QuantScheme
@@ -49,6 +49,8 @@ class OnnxPackager:
             Precision.FP16: "fp16 runs through fp32 casts on CPUs without fp16 arithmetic (x86): a size win only",
             Precision.INT4: "int4 weights (MatMulNBits) with dynamic or float activations; no static int4",
         },
+        # the device runner maps each to an execution provider (runtimes/onnxruntime/backend.py)
+        targets=frozenset({Target.CPU, Target.CUDA, Target.TENSORRT}),
     )
 
     def check_available(self) -> None:

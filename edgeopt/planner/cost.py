@@ -203,7 +203,11 @@ def prior_terms(profile, runtime: Runtime) -> dict[str, Any]:
     # architecture is not known until measured there, so there every runtime gets the same neutral terms
     # (the profile's runtime order then decides between them) until `profiles calibrate` says otherwise.
     arch = getattr(getattr(profile, "device", None), "arch", MEASURED_ARCH)
-    same_arch = arch == MEASURED_ARCH
+    # The same holds for a runtime that executes on an accelerator (the profile's execution targets): its CPU
+    # efficiencies say nothing about its GPU kernels.
+    execution = getattr(profile, "execution", None)
+    on_accelerator = execution is not None and execution.targets(runtime)[0].is_accelerator
+    same_arch = arch == MEASURED_ARCH and not on_accelerator
     calibrated: list[str] = []
     rates = {}
     for p in Precision:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
-from edgeopt.formats import Precision, Runtime
+from edgeopt.formats import Precision, Runtime, Target
 from edgeopt.planner.cost import Delivery
 from edgeopt.prune import PruneSpec
 from edgeopt.quantize import Activations, QuantScheme, default_scheme
@@ -76,6 +76,9 @@ class CandidateRow:
     attempts: list[dict] = field(default_factory=list)  # each build tried: scheme + measured fidelity
     delivery: Delivery | None = None  # bundled / download by its size; None: too large for either budget
     delivery_note: str | None = None  # why, with the numbers ("130 MB > model_storage_mb 32 (the bundled ...")
+    # where the runtime executes it on the device, most preferred first (the profile's execution targets its
+    # runtime has a backend for); empty when it has none, and the row is rejected for that
+    targets: tuple[Target, ...] = (Target.CPU,)
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +90,7 @@ class CandidateRow:
             "attempts": list(self.attempts),
             "delivery": self.delivery.value if self.delivery else None,
             "delivery_note": self.delivery_note,
+            "targets": [t.value for t in self.targets],
         }
 
     @classmethod
@@ -94,7 +98,8 @@ class CandidateRow:
         how = d.get("delivery")  # absent in plans written before delivery existed
         return cls(Candidate.from_dict(d["candidate"]), d.get("estimate"), Status(d["status"]), list(d.get("reasons", [])),
                    d.get("fidelity"), list(d.get("attempts", [])), Delivery(how) if how else None,
-                   d.get("delivery_note"))
+                   d.get("delivery_note"),
+                   tuple(Target(t) for t in d.get("targets", ["cpu"])))  # absent before targets existed: the CPU
 
 
 @dataclass
@@ -156,6 +161,11 @@ def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | 
     lm = stats.family == "decoder" and stats.num_layers is not None  # packaged with its KV cache
     rows = []
     for runtime in runtimes or list(profile.runtimes):
+        targets, no_backend = execution_targets(profile, runtime)
+        if no_backend:  # estimating it would use rates of a device it cannot run on: no estimate at all
+            rows += [CandidateRow(Candidate(runtime, precision, default_scheme(precision), prune), None, Status.REJECTED,
+                                  [no_backend], targets=()) for precision in precisions or list(Precision)]
+            continue
         for precision in precisions or list(Precision):
             scheme = default_scheme(precision)
             if activations is not None and scheme.is_quantized:
@@ -183,8 +193,38 @@ def _rows(stats, profile, runtimes, precisions, activations, prune: PruneSpec | 
                 est_dict["decode_tokens_per_s"] = 1000.0 / step if step > 0 else None
             reasons += fit_reasons(est, profile, precision) + _latency_reasons(est, profile, decode_ms=step)
             rows.append(CandidateRow(cand, est_dict, Status.REJECTED if reasons else Status.FEASIBLE, reasons,
-                                     delivery=delivery(est, profile), delivery_note=delivery_note(est, profile)))
+                                     delivery=delivery(est, profile), delivery_note=delivery_note(est, profile),
+                                     targets=targets))
     return rows
+
+
+def execution_targets(profile, runtime: Runtime) -> tuple[tuple[Target, ...], str | None]:
+    """The profile's execution targets for ``runtime`` that its packager has a backend for (profile order), and
+    None; or ``((), reason)`` when it has none of them: the reason names the targets, what the runtime runs on
+    instead, and what the user can do (a runtime that can run there, or a profile for the device it runs on).
+
+    A runtime without a packager in this edgeopt gets its targets as asked (it is rejected for that already).
+    """
+    from edgeopt.packagers import PACKAGERS, available_runtimes
+
+    runtime = Runtime(runtime)
+    execution = getattr(profile, "execution", None)  # absent on profile-like test objects: the CPU
+    wanted = tuple(execution.targets(runtime)) if execution is not None else (Target.CPU,)
+    if runtime not in set(available_runtimes()):
+        return wanted, None
+    can = PACKAGERS.get(runtime.value).capabilities.targets
+    usable = tuple(t for t in wanted if t in can)
+    if usable:
+        return usable, None
+    names = " or ".join(t.value for t in wanted)
+    others = sorted(r.value for r in available_runtimes()
+                    if r is not runtime and any(t in PACKAGERS.get(r.value).capabilities.targets for t in wanted))
+    instead = (f"use {' or '.join(others)} (--format {Runtime(others[0]).format.value})" if others
+               else "no runtime in this edgeopt can")
+    cpu = (f"; to plan {runtime.value} for the host CPU, use a CPU profile (desktop-cpu, or `edgeopt profiles "
+           f"detect` on the host)") if Target.CPU in can else ""
+    return (), (f"{runtime.value} has no {names} backend in edgeopt (it executes on: "
+                f"{', '.join(sorted(t.value for t in can))} only), so it cannot run on this profile's device: {instead}{cpu}")
 
 
 def _decode_step(stats):
