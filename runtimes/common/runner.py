@@ -222,6 +222,41 @@ def verify_file(bundle, name, expected):
     return actual, None
 
 
+# ------------------------------------------------------------------------------------------ execution targets
+
+
+def execution_targets(manifest, runtime, backend):
+    """Where the bundle's profile runs ``runtime`` (``profile.execution``, e.g. ["tensorrt", "cuda"]), or None for
+    the CPU (also for bundles written before targets existed). A target the backend has no support for is exit 4."""
+    execution = (manifest.get("profile") or {}).get("execution")
+    targets = execution.get(runtime) if isinstance(execution, dict) else None
+    if targets is None or targets == ["cpu"]:
+        return None
+    if not isinstance(targets, list) or not targets or not all(
+            isinstance(t, str) and _RUNTIME_NAME.match(t) for t in targets):
+        raise RunnerExit(EXIT_BAD_FILE, "manifest profile.execution.%s must be a list of target names, got %r"
+                         % (runtime, targets))
+    can = tuple(getattr(backend, "targets", ("cpu",)))
+    unknown = [t for t in targets if t not in can]
+    if unknown:
+        raise RunnerExit(EXIT_UNSUPPORTED, "runner/%s/backend.py cannot execute on %s (it runs on: %s)"
+                         % (runtime, ", ".join(unknown), ", ".join(can)))
+    return targets
+
+
+def load_options(targets):
+    """Keyword arguments of ``backend.load``/``load_lm``: none for the CPU, so backends without targets still load."""
+    return {"targets": targets} if targets else {}
+
+
+def record_execution(result, model):
+    """``execution``: where the backend says the model ran (providers, node and time share per provider). Its
+    ``invalid_reason`` (a GPU run that fell back to the CPU) makes the result invalid in ``validity``."""
+    report = getattr(model, "execution_report", None)
+    if callable(report):
+        result["execution"] = report()
+
+
 # ------------------------------------------------------------------------------------------ backend
 
 
@@ -726,7 +761,8 @@ def validity(result, args, nonfinite):
                stability_reason(result["repeats_p90_ms"], args.max_spread),
                thermal_reason(result["thermal_c"]["before"], result["thermal_c"]["after"], args.max_temp_rise_c),
                frequency_reason(result["cpu_freq_mhz"]["before"], result["cpu_freq_mhz"]["after"],
-                                args.max_freq_drop)]
+                                args.max_freq_drop),
+               (result.get("execution") or {}).get("invalid_reason")]  # a GPU run that fell back to the CPU
     reasons = [r for r in reasons if r]
     result["valid"] = not reasons
     result["invalid_reason"] = "; ".join(reasons) if reasons else None
@@ -775,10 +811,13 @@ def run_benchmark(args):
                              "real": real_lengths, "run": run_lengths}
     backend, version = load_backend(runtime)
     result["runtime"]["version"] = version[:64]
-    log("%s %s, %s, %d threads, %d samples" % (runtime, version, art["file"], threads, k))
+    targets = execution_targets(manifest, runtime, backend)
+    log("%s %s, %s, %d threads, %d samples%s" % (runtime, version, art["file"], threads, k,
+                                                ", on " + ", ".join(targets) if targets else ""))
     t0 = time.perf_counter()
     artifact_path = os.path.join(bundle, art["file"])
-    model = _call_runtime("load", art["file"], runtime, lambda: backend.load(artifact_path, threads))
+    model = _call_runtime("load", art["file"], runtime,
+                          lambda: backend.load(artifact_path, threads, **load_options(targets)))
     result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
     output_names = [spec["name"] for spec in art["outputs"]]
     order = output_order(model, output_names)
@@ -786,6 +825,7 @@ def run_benchmark(args):
     nonfinite = _call_runtime("run", art["file"], runtime, lambda: check_parity(
         result, model, inputs, references, expected, k, output_names, order, lengths))
     result["peak_rss_mb"] = peak_rss_mb()
+    record_execution(result, model)
     validity(result, args, nonfinite)
     return result
 
@@ -952,12 +992,15 @@ def run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result):
         % (runtime, version, art["file"], threads, len(prompt), new_tokens))
     t0 = time.perf_counter()
     artifact_path = os.path.join(bundle, art["file"])
-    session = _call_runtime("load", art["file"], runtime, lambda: backend.load_lm(artifact_path, threads, art["lm"]))
+    targets = execution_targets(manifest, runtime, backend)
+    session = _call_runtime("load", art["file"], runtime,
+                            lambda: backend.load_lm(artifact_path, threads, art["lm"], **load_options(targets)))
     result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
     _call_runtime("run", art["file"], runtime, lambda: measure_lm(args, result, session, prompt, new_tokens))
     nonfinite = _call_runtime("run", art["file"], runtime,
                               lambda: check_lm_quality(result, session, samples, prompt_len))
     result["peak_rss_mb"] = peak_rss_mb()
+    record_execution(result, session)
     validity(result, args, nonfinite)
     return result
 
