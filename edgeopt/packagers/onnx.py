@@ -7,7 +7,10 @@ ORT format (model.ort + model.required_operators.config for reduced builds), che
 Measured on all-MiniLM-L6-v2 (seq 128, 2 threads, x86 AVX2 without VNNI): fp16 keeps cosine 1.0000
 at half the size but runs ~10% slower than fp32 on this CPU — its CPU kernels lack most fp16 ops, so
 onnxruntime wraps them in fp32 casts at load; fp16 pays off where the CPU has fp16 arithmetic (arm64).
-LayerNormalization is kept fp32 (its variance overflows fp16 on execution providers that compute in it).
+Normalizations and reductions stay fp32 in an fp16 graph (``FP16_KEEP_FP32``: a variance or a sum of squares
+overflows fp16 on execution providers that compute in it, as the CUDA provider does). Where a profile runs
+onnxruntime on a GPU, the device runner picks the CUDA / TensorRT providers (runtimes/onnxruntime/backend.py);
+the host verifies on the CPU provider (``details["host_execution_provider"]``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgeopt.models import LoadedModel
 
 _NP_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
-_FP16_KEEP_FP32 = ["LayerNormalization"]
+# Ops an fp16 graph keeps in fp32 (inputs cast up, outputs cast down), for every execution target: GPUs compute
+# them in fp16 where a CPU provider upcasts. Each accumulates over a hidden or sequence axis: a variance, a sum of
+# squares or a pooled sum passes fp16's 65504 or loses its low bits long before a single activation does.
+FP16_KEEP_FP32 = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                  "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt")
 _PORTABLE_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 # Parity of a rewritten graph (offline-optimized, .ort) with the graph it came from. Fused int8 kernels
 # may round an element to the neighbouring quantization step, hence cosine and not bitwise equality.
@@ -101,14 +108,15 @@ class OnnxPackager:
             elif scheme.precision is Precision.FP16:
                 _to_fp16(fp32_path, built)
                 details["fp16"] = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
-                                   "kept_fp32_ops": list(_FP16_KEEP_FP32)}
+                                   "kept_fp32_ops": list(FP16_KEEP_FP32)}
             else:
                 coverage, details["quantization"] = onnx_quant.quantize(fp32_path, built, scheme, feeds)
             fp32_path.unlink(missing_ok=True)
             details["graph_optimization"] = _optimize_offline(built, path, parity_feeds)
             ort_files, details["ort_format"] = _to_ort_format(path, parity_feeds)
         details["ops"] = _op_counts(path)
-        details["execution_provider"] = "CPUExecutionProvider"
+        # what the host verified with; where the device runs it is the profile's execution targets (the runner)
+        details["host_execution_provider"] = "CPUExecutionProvider"
         inputs, outputs = _io_specs(path)
         return Artifact(path=path, format=Format.ONNX, precision=scheme.precision, scheme=scheme, inputs=inputs,
                         outputs=outputs, coverage=coverage, extra_files=ort_files, details=details,
@@ -210,7 +218,7 @@ def _to_fp16(src: Path, dst: Path) -> None:
 
     try:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
-                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + _FP16_KEEP_FP32)
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32))
     except Exception as e:
         raise ExportError(f"onnx: fp16 conversion failed: {_first_line(e)}") from e
     _drop_duplicate_nodes(model)
