@@ -286,6 +286,9 @@ def _bundle(root: Path, execution: dict | None) -> Path:
         "file": "model.onnx", "format": "onnx", "runtime": "onnxruntime", "precision": "fp32", "sha256": sha,
         "bytes": model.stat().st_size, "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 16]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 8]}]}]}
+    # every file's sha256, as edgeopt.bundle writes them (the runner verifies what the manifest lists)
+    manifest["files"] = {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                         for f in sorted(root.rglob("*")) if f.is_file()}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
