@@ -391,3 +391,14 @@ def test_minilm_fp16_parity_on_the_cpu(minilm, tmp_path):
     assert min(cosines(reference, outputs)) >= 0.995
     assert artifact.path.stat().st_size < 0.55 * 90_700_000  # half the fp32 file, plus the fp32-kept norms
 
+
+
+def test_decoder_lms_ask_cuda_for_tensorrt_and_report_a_cpu_fallback(backend, no_cuda, tmp_path):
+    """TensorRT would rebuild its engine at every cache length of a decode loop: an LM asks CUDA instead; on the CPU
+    build of onnxruntime that is still reported as a fallback."""
+    lm = {"cache": "explicit", "context_len": 8, "past_inputs": [], "present_outputs": [], "num_kv_heads": 1,
+          "head_dim": 1}
+    session = backend.load_lm(str(_matmul_model(tmp_path / "m.onnx")), 1, lm, ["tensorrt", "cuda"])
+    report = session.execution_report()
+    assert report["requested"] == ["cuda"] and report["nodes"] is None
+    assert report["invalid_reason"].startswith("fell back to CPU: asked for cuda")

@@ -254,6 +254,8 @@ def load_lm(path, threads, lm, targets=None):
     """An ``OrtLMSession`` for the explicit-past LM graph at ``path``; ``lm`` is the manifest's ``lm`` entry."""
     if lm.get("cache") != "explicit":
         raise ValueError(f"onnxruntime runs LMs with an explicit cache only, got cache={lm.get('cache')!r}")
+    if targets:  # TensorRT would build a new engine at every cache length a decode step brings: CUDA runs LMs
+        targets = list(dict.fromkeys("cuda" if t == "tensorrt" else t for t in targets))
     model = load(path, threads, targets, profile=False)  # decode steps call the session directly
     session = OrtLMSession(model._session, lm)
     session.execution_report = model.execution_report  # providers of the session (no node profile: steps vary)
