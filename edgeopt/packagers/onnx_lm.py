@@ -146,7 +146,7 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
         elif scheme.precision is Precision.FP16:
             onnx_packager._to_fp16(fp32_path, built)
             details["fp16"] = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
-                               "kept_fp32_ops": list(onnx_packager._FP16_KEEP_FP32)}
+                               "kept_fp32_ops": list(onnx_packager.FP16_KEEP_FP32)}
         else:
             names = {init: ref.module for init, ref in
                      _layer_inventory(fp32_graph, _weight_layers(loaded.module)).items()}
@@ -161,6 +161,12 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
         coverage = module_coverage(loaded.module, fp32_graph, quantized_graph, scheme)
         del fp32_graph, quantized_graph  # nor through the offline optimization's sessions
         gc.collect()
+        pair = _tied_pair(loaded.module)
+        shared = None
+        if pair and scheme.precision is Precision.INT4 and pair[1] in details["quantization"].get("embeddings", {}):
+            shared = _share_tied_int4_table(built)
+            if shared:
+                details["quantization"]["embeddings"][pair[1]] = shared
         details["graph_optimization"] = onnx_packager._optimize_offline(built, path, parity_feeds)
     details["ops"] = onnx_packager._op_counts(path)
     details["execution_provider"] = "CPUExecutionProvider"
@@ -168,7 +174,7 @@ def export_lm(loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, promp
     details["lm"] = lm_details(shape, prompt_len, context_len)
     if ATTENTION_MASK not in {spec.name for spec in inputs}:  # the exporter drops an input the model ignores
         details["lm"]["attention_mask"] = None
-    tied = tied_note(loaded.module)
+    tied = tied_note(loaded.module, shared=bool(shared))
     if tied:
         details["tied_embeddings"] = tied
     return Artifact(path=path, format=Format.ONNX, precision=scheme.precision, scheme=scheme, inputs=inputs,
@@ -403,15 +409,111 @@ def _tied_lm_head(layers: dict) -> str | None:
     return next((n for n in heads if layers[n].weight.data_ptr() in tables), None)
 
 
-def tied_note(wrapper) -> str | None:
-    """What the artifact does with an lm_head that shares the input embedding's weight (None: not tied)."""
+def _tied_pair(wrapper) -> tuple[str, str] | None:
+    """(lm_head, the embedding table it shares its weight with), or None."""
     import torch
 
     layers = _weight_layers(wrapper)
     head = _tied_lm_head(layers)
     if head is None:
         return None
-    table = next(n for n, m in layers.items() if isinstance(m, torch.nn.Embedding)
-                 and m.weight.data_ptr() == layers[head].weight.data_ptr())
+    return head, next(n for n, m in layers.items() if isinstance(m, torch.nn.Embedding)
+                      and m.weight.data_ptr() == layers[head].weight.data_ptr())
+
+
+def tied_note(wrapper, *, shared: bool = False) -> str | None:
+    """What the artifact does with an lm_head that shares the input embedding's weight (None: not tied);
+    ``shared``: the int4 table is read from the head's blocks (``_share_tied_int4_table``)."""
+    pair = _tied_pair(wrapper)
+    if pair is None:
+        return None
+    head, table = pair
+    if shared:
+        return (f"{head} is tied to {table}; stored once: the lookup reads the head's int4 MatMulNBits blocks "
+                f"(Gather + unpack), bit-identical to the table quantized on its own")
     return (f"{head} is tied to {table}; the graph stores the table twice, as the Gather table and as the "
             f"head's transposed MatMul weight, each quantized on its own in int8/int4 artifacts")
+
+
+def _share_tied_int4_table(path: Path) -> str | None:
+    """Store a tied int4 table once: the lookup reads the lm_head's MatMulNBits blocks instead of its own copy.
+
+    onnxruntime's quantizer gives the token lookup (GatherBlockQuantized, int4 [V, H]) and the tied head
+    (MatMulNBits, uint8 [V, H/block, block/2] with an implied zero point 8) a copy each, from the same fp32
+    table and blocks: the same numbers twice (SmolLM2-135M: 2 x 15.9 MB, the int4 artifact 0.188 of fp32).
+    When the two are bit-identical (checked here, scales and values), the GatherBlockQuantized node becomes
+    Gather rows of the head's blocks -> low/high nibble -> (q - 8) x scale, in standard ONNX ops on the
+    prompt's rows only, and its copy is dropped. Returns the manifest's description, or None if nothing
+    was shared (no such pair, or they differ).
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    attr = lambda node, name: next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+    lookups = [n for n in graph.node if n.op_type == "GatherBlockQuantized" and n.input[0] in inits
+               and len(n.input) == 3 and attr(n, "bits") in (None, 4) and attr(n, "quantize_axis") in (None, 1)
+               and attr(n, "gather_axis") in (None, 0)]  # the spec's defaults: 4, 1, 0
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and attr(n, "bits") == 4
+             and len([x for x in n.input if x]) == 3 and n.input[1] in inits and n.input[2] in inits]
+
+    def same_numbers(lookup, head) -> bool:
+        table = numpy_helper.to_array(inits[lookup.input[0]])
+        if table.ndim != 2 or (attr(head, "N"), attr(head, "K")) != table.shape \
+                or attr(head, "block_size") != attr(lookup, "block_size"):
+            return False
+        scales, head_scales = (numpy_helper.to_array(inits[x]) for x in (lookup.input[2], head.input[2]))
+        blocks = numpy_helper.to_array(inits[head.input[1]])
+        if blocks.dtype != np.uint8 or head_scales.shape != scales.shape or not np.array_equal(head_scales, scales):
+            return False
+        values = np.stack([(blocks & 15).astype(np.int8) - 8, (blocks >> 4).astype(np.int8) - 8], -1)
+        return np.array_equal(values.reshape(table.shape), table.astype(np.int8))
+
+    pair = next(((lk, hd) for lk in lookups for hd in heads if same_numbers(lk, hd)), None)
+    if pair is None:
+        return None
+    lookup, head = pair
+    block = attr(lookup, "block_size")
+    hidden = attr(head, "K")
+    ids, out = lookup.input[1], lookup.output[0]
+    p = f"{lookup.name or 'embedding'}_shared"
+    consts = {f"{p}_low_mask": np.array(15, np.uint8), f"{p}_four": np.array(4, np.uint8),
+              f"{p}_zero_point": np.array(8.0, np.float32), f"{p}_last": np.array([-1], np.int64),
+              f"{p}_block_shape": np.array([hidden // block, block], np.int64),
+              f"{p}_hidden": np.array([hidden], np.int64)}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    nodes = [
+        helper.make_node("Gather", [head.input[1], ids], [f"{p}_rows"], axis=0, name=f"{p}_rows"),
+        helper.make_node("BitwiseAnd", [f"{p}_rows", f"{p}_low_mask"], [f"{p}_low"], name=f"{p}_low"),
+        helper.make_node("BitShift", [f"{p}_rows", f"{p}_four"], [f"{p}_high"], direction="RIGHT",
+                         name=f"{p}_high"),
+        helper.make_node("Unsqueeze", [f"{p}_low", f"{p}_last"], [f"{p}_low1"], name=f"{p}_low1"),
+        helper.make_node("Unsqueeze", [f"{p}_high", f"{p}_last"], [f"{p}_high1"], name=f"{p}_high1"),
+        helper.make_node("Concat", [f"{p}_low1", f"{p}_high1"], [f"{p}_pairs"], axis=-1, name=f"{p}_pairs"),
+        helper.make_node("Shape", [ids], [f"{p}_ids_shape"], name=f"{p}_ids_shape"),
+        helper.make_node("Concat", [f"{p}_ids_shape", f"{p}_block_shape"], [f"{p}_blocked_shape"], axis=0,
+                         name=f"{p}_blocked_shape"),
+        helper.make_node("Reshape", [f"{p}_pairs", f"{p}_blocked_shape"], [f"{p}_q"], name=f"{p}_q"),
+        helper.make_node("Cast", [f"{p}_q"], [f"{p}_qf"], to=onnx.TensorProto.FLOAT, name=f"{p}_qf"),
+        helper.make_node("Sub", [f"{p}_qf", f"{p}_zero_point"], [f"{p}_centered"], name=f"{p}_centered"),
+        helper.make_node("Gather", [head.input[2], ids], [f"{p}_scales"], axis=0, name=f"{p}_scales"),
+        helper.make_node("Unsqueeze", [f"{p}_scales", f"{p}_last"], [f"{p}_scales1"], name=f"{p}_scales1"),
+        helper.make_node("Mul", [f"{p}_centered", f"{p}_scales1"], [f"{p}_rows_f"], name=f"{p}_rows_f"),
+        helper.make_node("Concat", [f"{p}_ids_shape", f"{p}_hidden"], [f"{p}_out_shape"], axis=0,
+                         name=f"{p}_out_shape"),
+        helper.make_node("Reshape", [f"{p}_rows_f", f"{p}_out_shape"], [out], name=f"{p}_out"),
+    ]
+    at = list(graph.node).index(lookup)
+    graph.node.remove(lookup)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    used = {x for n in graph.node for x in n.input}
+    for name in (lookup.input[0], lookup.input[2]):
+        if name not in used:
+            graph.initializer.remove(inits[name])
+    onnx.save(model, str(path))
+    return (f"int4: the tied lm_head's MatMulNBits blocks of {block} along each row (stored once; "
+            f"Gather + unpack, bit-identical to its own GatherBlockQuantized copy)")
