@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,10 +166,9 @@ def _load_directory(path: Path, *, allow_pickle: bool) -> LoadedModel:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputFileError(f"{path}: not valid JSON ({e})") from None
+    from edgeopt import jsonio
+
+    data = jsonio.load_file(path, what="model JSON file", fix="pass a model directory as transformers saves it")
     if not isinstance(data, dict):
         raise InputFileError(f"{path}: expected a JSON object")
     return data
@@ -204,6 +202,8 @@ def _weight_files(path: Path, *, allow_pickle: bool) -> list[Path]:
 
 def check_safetensors(path: Path) -> None:
     """Validate a safetensors header before any loader touches it (length, JSON, offsets within the file)."""
+    from edgeopt import jsonio
+
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
@@ -213,7 +213,8 @@ def check_safetensors(path: Path) -> None:
             n = int.from_bytes(head, "little")
             if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
                 raise ValueError(f"header length {n} does not fit a {size}-byte file")
-            header = json.loads(f.read(n).decode("utf-8"))
+            # Bounded (size, nesting): a hostile header is exit 3 naming the file, never a RecursionError.
+            header = jsonio.loads(f.read(n), where="", what="header", max_bytes=n)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise InputFileError(f"{path}: corrupt safetensors file ({e})") from None
     if not isinstance(header, dict):
@@ -328,10 +329,9 @@ def _sentence_pooling(path: Path) -> tuple[tuple[str, ...], bool] | None:
     modules = path / "modules.json"
     if not modules.is_file():
         return None
-    try:
-        entries = json.loads(modules.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise InputFileError(f"{modules}: not valid JSON ({e})") from None
+    from edgeopt import jsonio
+
+    entries = jsonio.load_file(modules, what="sentence-transformers modules.json")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InputFileError(f"{modules}: expected a list of modules as sentence-transformers writes it")
     kinds = [str(e.get("type", "")).rsplit(".", 1)[-1] for e in entries]

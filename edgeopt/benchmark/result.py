@@ -122,6 +122,10 @@ def _decode(text: str | bytes, max_bytes: int) -> Any:
         raise DeviceError(f"bench result is not UTF-8 text (byte {e.start}); the transport corrupted it") from None
     if not decoded:
         raise DeviceError("bench result is empty: the runner printed nothing on stdout")
+    from edgeopt.jsonio import nesting_depth
+
+    if nesting_depth(decoded) > MAX_DEPTH:  # measured on the text: json.loads would recurse once per level
+        raise DeviceError(f"bench result nests deeper than {MAX_DEPTH} levels; it is not a runner result")
     try:
         data = json.loads(decoded, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeopt import jsonio
 from edgeopt.benchmark.device import DeviceAddress
 from edgeopt.benchmark.result import BenchResult
 from edgeopt.errors import BundleError, DeviceError, InputFileError
@@ -93,7 +94,7 @@ def load_records(bundle_dir: Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted((Path(bundle_dir) / RESULTS_DIR).glob("*.json")):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = jsonio.load_file(path, where="", what="JSON")  # bounded: size, nesting
             BenchResult.from_dict(record["result"])
         except (OSError, ValueError, KeyError, TypeError, DeviceError) as e:
             raise InputFileError(f"{path}: not a stored edgeopt bench result ({e})") from None

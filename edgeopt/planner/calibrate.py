@@ -17,13 +17,13 @@ calibration from a single bundle still moves what it measured and leaves the res
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from edgeopt.errors import InputFileError, UsageError
+from edgeopt.jsonio import load_file as load_json_file
 from edgeopt.formats import Precision, Runtime
 
 MB = 1024 * 1024
@@ -98,7 +98,7 @@ def load_points(paths: Iterable[str | Path]) -> list[Point]:
     points = []
     for path in _record_files(paths):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = load_json_file(path, where="", what="JSON")  # bounded: size, nesting
             result = BenchResult.from_dict(record["result"])
         except (OSError, ValueError, KeyError, TypeError, DeviceError) as e:
             raise InputFileError(f"{path}: not a stored edgeopt bench result ({e}); pass the files `edgeopt bench` "
@@ -130,7 +130,7 @@ def _describe(device: Any) -> str:
 def _inputs_from_manifest(path: Path, artifact_file: str) -> dict:
     manifest_path = path.parent.parent / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = load_json_file(manifest_path, where="", what="JSON")
         entry = next(a for a in manifest["artifacts"] if a["file"] == artifact_file)
         return {"precision": entry["precision"], "stats": manifest["stats"], "profile": manifest.get("profile")}
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
