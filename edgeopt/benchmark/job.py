@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import json
 import math
 import shutil
 import signal
@@ -67,23 +66,27 @@ class Artifact:
     sha256: str
 
 
-def verified_artifact(bundle_dir: Path, runtime: str | None, *, check_inputs: bool = False) -> Artifact:
-    """The artifact to benchmark (the first, or the first for ``runtime``), its sha256 checked here.
-
-    ``check_inputs``: check ``inputs.npz`` too when the manifest lists its hash (before a copy to a device,
-    so that a mismatch found there can only mean the copy changed on the way).
+def verified_artifact(bundle_dir: Path, runtime: str | None) -> Artifact:
+    """The artifact to benchmark (the first, or the first for ``runtime``), after every file of the bundle was
+    checked here against the manifest's ``files`` (``edgeopt.bundle.verify_files``): nothing unverified is
+    copied to a device or run, and a mismatch found there can only mean the copy changed on the way.
 
     Raises:
-        InputFileError: unreadable manifest, missing file, sha256 mismatch, no bench.sh.
+        InputFileError: unreadable or hostile manifest, an artifact path outside the bundle, a missing,
+            unlisted or changed file, a symlink leaving the bundle, no bench.sh (exit 3, naming the file).
         UsageError: ``runtime`` names no artifact of the bundle.
     """
+    from edgeopt.bundle import load_manifest_file, verify_files
+
     manifest_path = bundle_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputFileError(f"{bundle_dir}: not an edgeopt bundle (no manifest.json); pass the folder "
+                             "`edgeopt package` wrote")
+    manifest = load_manifest_file(manifest_path)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         entries = [Artifact(a["file"], a.get("runtime") or FORMAT_RUNTIMES.get(a.get("format"), ""), a["sha256"])
                    for a in manifest["artifacts"]]
-        files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise InputFileError(f"{manifest_path}: not a readable bundle manifest ({type(e).__name__}: {e}); "
                              "rebuild the bundle with `edgeopt package`") from None
     if not entries:
@@ -93,21 +96,25 @@ def verified_artifact(bundle_dir: Path, runtime: str | None, *, check_inputs: bo
         have = ", ".join(sorted({e.runtime for e in entries}))
         raise UsageError(f"bundle {bundle_dir} has no artifact for runtime '{runtime}'; it has: {have}")
     artifact = chosen[0]
-    _check_file(bundle_dir, artifact.file, artifact.sha256, "artifact named in the manifest")
-    if check_inputs and isinstance(files.get("inputs.npz"), str):
-        _check_file(bundle_dir, "inputs.npz", files["inputs.npz"], "inputs.npz")
+    _check_artifact(bundle_dir, artifact)
+    verify_files(bundle_dir, manifest)
     if not (bundle_dir / "bench.sh").is_file():
         raise InputFileError(f"{bundle_dir}: no bench.sh; rebuild the bundle with `edgeopt package`")
     return artifact
 
 
-def _check_file(bundle_dir: Path, name: str, expected: str, what: str) -> None:
-    path = bundle_dir / name
-    if Path(name).name != name or not path.is_file():
-        raise InputFileError(f"{path}: {what} is missing; not benchmarked")
+def _check_artifact(bundle_dir: Path, artifact: Artifact) -> None:
+    name, path = artifact.file, bundle_dir / str(artifact.file)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        outside = isinstance(name, str) and (name.startswith("/") or ".." in name.replace("\\", "/").split("/"))
+        why = "points outside the bundle" if outside else "is not a plain file name in the bundle folder"
+        raise InputFileError(f"{bundle_dir / 'manifest.json'}: the artifact path {name!r} {why} (an artifact is a "
+                             "file at the top of the bundle); not benchmarked")
+    if not path.is_file():
+        raise InputFileError(f"{path}: the artifact named in the manifest is missing; not benchmarked")
     actual = sha256_file(path)
-    if actual != expected:
-        raise InputFileError(f"{path}: sha256 mismatch: manifest {expected}, file {actual}; not benchmarked "
+    if actual != artifact.sha256:
+        raise InputFileError(f"{path}: sha256 mismatch: manifest {artifact.sha256}, file {actual}; not benchmarked "
                              "(the file changed after packaging: rebuild the bundle)")
 
 

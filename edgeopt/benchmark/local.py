@@ -46,8 +46,8 @@ def run_local(
         native: path of a native benchmark binary (``bench.sh --native``) instead of the Python runner.
 
     Raises:
-        InputFileError: the manifest is unreadable or the artifact fails its sha256 (not benchmarked),
-            or the runner exits 3.
+        InputFileError: the manifest is unreadable, or a file of the bundle is changed, missing, unlisted or
+            outside it (checked here, before the copy; nothing benchmarked), or the runner exits 3.
         UsageError: ``runtime`` names no artifact of the bundle, or the runner exits 2.
         UnsupportedError: the runner exits 4 (runtime not installed, or it cannot run the artifact).
         DeviceError: any other failure of the run, a timeout, or output that is not a valid result.

@@ -91,7 +91,7 @@ def run_remote(shell: RemoteShell, bundle_dir: Path, options: BenchOptions, *, b
         UnsupportedError: the runtime is not installed on the device (runner exit 4).
     """
     policy = policy or PollPolicy()
-    artifact = verified_artifact(Path(bundle_dir), options.runtime, check_inputs=True)
+    artifact = verified_artifact(Path(bundle_dir), options.runtime)
     job = _make_job_dir(shell, base_dir, policy)
     launched = finished = False
     try:

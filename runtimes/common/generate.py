@@ -79,8 +79,7 @@ def _tokenizers():
 
 
 def _read_json(path):
-    with open(path, "rb") as f:
-        return json.loads(f.read().decode("utf-8"))
+    return _runner().read_json(path)  # bounded in size and nesting: ValueError, never a RecursionError
 
 
 class BundleTokenizer:
@@ -525,6 +524,7 @@ def open_bundle(bundle, runtime=None, artifact=None, threads=None):
     _, mismatch = runner.verify_file(bundle, art["file"], art["sha256"])
     if mismatch:
         raise runner.RunnerExit(EXIT_BAD_FILE, "%s: %s; not loaded" % (art["file"], mismatch))
+    runner.verify_bundle(bundle, manifest)  # every other file too, before the backend is loaded
     name = runner.artifact_runtime(art)
     backend, version = runner.load_backend(name)
     if not hasattr(backend, "load_lm"):

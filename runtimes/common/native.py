@@ -360,8 +360,9 @@ def main(argv=None):
         if not expected:
             raise NativeOutputError("manifest.json lists no artifact %r" % env["header"]["artifact"])
         result = result_from_envelope(text, expected[0])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print("native.py: %s" % e, file=sys.stderr)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: a hostile, deep manifest
+        print("native.py: %s" % (e if not isinstance(e, RecursionError) else "manifest.json nests too deep"),
+              file=sys.stderr)
         return 3
     print(json.dumps(result, allow_nan=False))
     return 0

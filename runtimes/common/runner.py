@@ -14,9 +14,13 @@ sends it: each stored sample trimmed to its real length (from the attention mask
 the smallest bucket that holds it; ``--seq-len N`` times every run at N tokens instead.
 
 stdout carries exactly one JSON object (the shape is ``result_schema.json``); logs go to stderr.
-Exit codes: 0 measured (read ``valid``) · 2 bad flags · 3 artifact or bundle file missing, unreadable or
-failing its sha256 (a result with ``valid: false`` is still printed for a sha256 mismatch) · 4 runtime,
-numpy or the runner for the runtime not installed, or the runtime cannot load/run the verified artifact.
+Every file of the bundle is checked against the manifest's ``files`` (sha256) before anything of it is loaded:
+a changed, missing or unlisted file, a symlink leaving the bundle or a ``../`` name is exit 3 naming it.
+
+Exit codes: 0 measured (read ``valid``) · 2 bad flags · 3 artifact or bundle file missing, unreadable, unlisted or
+failing its sha256, or a manifest too large or too deeply nested (a result with ``valid: false`` is still printed
+for an artifact sha256 mismatch) · 4 runtime, numpy or the runner for the runtime not installed, or the runtime
+cannot load/run the verified artifact.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import argparse
 import datetime
 import glob
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -33,8 +36,13 @@ import platform
 import re
 import sys
 import time
+import types
 from array import array
 from contextlib import contextmanager
+
+# The runner loads only files it verified: no byte code cache is written into the bundle, and none is read
+# (backend.py, lmeval.py and generate.py are compiled from their checked sources, see load_source_module).
+sys.dont_write_bytecode = True
 
 try:  # numpy is required, but its absence must be an exit-4 message, not a traceback
     import numpy as np
@@ -49,6 +57,15 @@ PIP_PACKAGES = {"onnxruntime": "onnxruntime", "executorch": "executorch", "liter
 FORMAT_RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch", "tflite": "litert"}
 _RUNTIME_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Bounds on JSON read from the bundle (the host's edgeopt/jsonio.py, kept standalone here): json.loads recurses
+# once per nesting level, so a 200,000-deep "[[[..." would be a RecursionError instead of a clear exit 3.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+MAX_FILES = 10000
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+MANIFEST = "manifest.json"
+RESULTS_DIR = "results"
 
 
 class RunnerExit(Exception):
@@ -142,12 +159,42 @@ def _core_list(text):
 # ------------------------------------------------------------------------------- manifest and files
 
 
+def json_depth(text):
+    """Deepest ``[``/``{`` nesting of JSON text, counting brackets outside strings; no recursion."""
+    if text.count("[") + text.count("{") == 0:
+        return 0
+    depth = deepest = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if c in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def read_json(path, max_bytes=MAX_JSON_BYTES, max_depth=MAX_JSON_DEPTH):
+    """A bundle's JSON file, bounded in size and nesting before it is parsed.
+
+    Raises OSError (unreadable) or ValueError (too large, not UTF-8, too deep, not JSON), the message saying which.
+    """
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError("larger than %d bytes" % max_bytes)
+    text = data.decode("utf-8")
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError("nests %d levels deep, more than the %d allowed (hostile or corrupt input)"
+                         % (depth, max_depth))
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nests too deep to parse (hostile or corrupt input)") from None
+
+
 def load_manifest(bundle):
     """Read ``manifest.json``; anything missing or malformed is exit 3 naming the key."""
-    path = os.path.join(bundle, "manifest.json")
+    path = os.path.join(bundle, MANIFEST)
     try:
-        with open(path, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
+        manifest = read_json(path)
     except (OSError, ValueError) as e:
         raise RunnerExit(EXIT_BAD_FILE, "cannot read %s: %s" % (path, e)) from None
     artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
@@ -222,6 +269,108 @@ def verify_file(bundle, name, expected):
     return actual, None
 
 
+# ------------------------------------------------------------------------------------------ every bundle file
+
+
+def _never_copied(parts):
+    """Paths the host never copies to a device and this runner never loads: the manifest, stored results,
+    Python byte code caches (this runner neither writes nor reads them)."""
+    return (parts == (MANIFEST,) or parts[0] == RESULTS_DIR or "__pycache__" in parts
+            or parts[-1].endswith(".pyc"))
+
+
+def listed_name_problem(name):
+    """Why a key of the manifest's ``files`` is not a safe bundle path, or None."""
+    if not isinstance(name, str) or not name or len(name) > 1000:
+        return "is not a file name"
+    if name.startswith("/") or "\\" in name or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path; the manifest names files inside the bundle only"
+    parts = name.split("/")
+    if ".." in parts:
+        return "climbs out of the bundle with '..'; the manifest names files inside the bundle only"
+    if any(p in ("", ".") for p in parts) or any(ord(c) < 32 for c in name):
+        return "is not a plain relative path (empty or '.' parts, control characters)"
+    if _never_copied(tuple(parts)):
+        return "names a file a bundle never lists (the manifest, results/, byte code)"
+    return None
+
+
+def bundle_files(bundle):
+    """{relative POSIX path: path} of every file of the bundle (``_never_copied`` ones left out); a symlink that
+    leaves the bundle, or points to a folder or a special file, is exit 3."""
+    real_root = os.path.realpath(bundle)
+    found = {}
+    for folder, dirs, names in os.walk(bundle, followlinks=False):
+        rel = os.path.relpath(folder, bundle)
+        rel_parts = () if rel == "." else tuple(rel.split(os.sep))
+        for name in sorted(dirs + names):
+            path = os.path.join(folder, name)
+            parts = rel_parts + (name,)
+            if _never_copied(parts):
+                if name in dirs:
+                    dirs.remove(name)
+                continue
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if os.path.commonpath([real_root, target]) != real_root:
+                    raise RunnerExit(EXIT_BAD_FILE, "%s: symlink to %s, outside the bundle; not run"
+                                     % ("/".join(parts), target))
+                if not os.path.isfile(target):
+                    raise RunnerExit(EXIT_BAD_FILE, "%s: symlink to a folder, a missing file or a special file; "
+                                                    "not run" % "/".join(parts))
+            if name in dirs:
+                continue
+            if not os.path.isfile(path):
+                raise RunnerExit(EXIT_BAD_FILE, "%s: not a regular file; not run" % "/".join(parts))
+            found["/".join(parts)] = path
+    return found
+
+
+def verify_bundle(bundle, manifest):
+    """Every file of the bundle against the manifest's ``files``, before any of it is loaded or run: each listed
+    name a plain path inside the bundle whose sha256 matches, and every file present listed. Exit 3 naming the
+    file. (The host checked the same before the copy; this catches a copy changed on the way or on the device.)"""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise RunnerExit(EXIT_BAD_FILE, "%s lists no 'files' (the sha256 of every bundle file), so nothing of the "
+                                        "bundle can be verified; not run (rebuild it with edgeopt package)" % MANIFEST)
+    if len(files) > MAX_FILES:
+        raise RunnerExit(EXIT_BAD_FILE, "%s: 'files' lists %d files, more than %d" % (MANIFEST, len(files), MAX_FILES))
+    for name, digest in files.items():
+        problem = listed_name_problem(name)
+        if problem:
+            raise RunnerExit(EXIT_BAD_FILE, "%s: files entry %r %s; not run" % (MANIFEST, name, problem))
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise RunnerExit(EXIT_BAD_FILE, "%s: files[%r] must be 64 lowercase hex digits" % (MANIFEST, name))
+    present = bundle_files(bundle)
+    unlisted = sorted(set(present) - set(files))
+    if unlisted:
+        raise RunnerExit(EXIT_BAD_FILE, "%s: not listed in the manifest's files, so it was not verified; not run%s"
+                         % (unlisted[0], "" if len(unlisted) == 1 else " (%d more unlisted: %s)"
+                            % (len(unlisted) - 1, ", ".join(unlisted[1:6]))))
+    for name in sorted(files):
+        if name not in present:
+            raise RunnerExit(EXIT_BAD_FILE, "%s: listed in the manifest but missing; not run" % name)
+        _, mismatch = verify_file(bundle, name, files[name])
+        if mismatch:
+            raise RunnerExit(EXIT_BAD_FILE, "%s: %s; not run" % (name, mismatch))
+
+
+def load_source_module(name, path):
+    """Import a verified ``.py`` file of the bundle from its source (never from a byte code cache)."""
+    with open(path, "rb") as f:
+        source = f.read()
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 # ------------------------------------------------------------------------------------------ execution targets
 
 
@@ -267,11 +416,9 @@ def load_backend(runtime):
     path = os.path.join(RUNNER_DIR, runtime, "backend.py")
     if not os.path.isfile(path):
         raise RunnerExit(EXIT_UNSUPPORTED, "this bundle has no runner for %s (no %s)" % (runtime, path))
-    spec = importlib.util.spec_from_file_location("edgeopt_backend_" + runtime, path)
-    module = importlib.util.module_from_spec(spec)
     pip_name = PIP_PACKAGES.get(runtime, runtime)
     try:
-        spec.loader.exec_module(module)
+        module = load_source_module("edgeopt_backend_" + runtime, path)
         pip_name = getattr(module, "pip_package", pip_name)
         version = str(module.version())  # imports the runtime itself
     except ImportError as e:
@@ -779,12 +926,7 @@ def verified_result(args, bundle, manifest, art, runtime, threads):
     if mismatch:
         result["invalid_reason"] = mismatch
         raise RunnerExit(EXIT_BAD_FILE, "%s: %s; not loaded" % (art["file"], mismatch), result)
-    files = manifest.get("files")
-    inputs_sha = files.get("inputs.npz") if isinstance(files, dict) else None
-    if isinstance(inputs_sha, str):
-        _, bad_inputs = verify_file(bundle, "inputs.npz", inputs_sha)
-        if bad_inputs:
-            raise RunnerExit(EXIT_BAD_FILE, "inputs.npz: %s" % bad_inputs)
+    verify_bundle(bundle, manifest)
     return result
 
 
@@ -945,24 +1087,24 @@ def check_lm_quality(result, session, samples, prompt_len):
     return None
 
 
-def _lmeval():
-    """``lmeval.py`` beside this file (also when the runner is imported rather than run as a script)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import lmeval
+def _sibling(name):
+    """``<name>.py`` beside this file (verified with the bundle), compiled from its source; imported once."""
+    if name not in sys.modules:
+        # generate.py imports this runner as ``runner``: let it find this very module, not a second copy.
+        if sys.modules.get(__name__) is not None:
+            sys.modules.setdefault("runner", sys.modules[__name__])
+        load_source_module(name, os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py"))
+    return sys.modules[name]
 
-    return lmeval
+
+def _lmeval():
+    """``lmeval.py`` beside this file: greedy decoding, token agreement, perplexity."""
+    return _sibling("lmeval")
 
 
 def _generate():
     """``generate.py`` beside this file: the bundle's text -> tokens loop and its golden-ids check."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import generate
-
-    return generate
+    return _sibling("generate")
 
 
 def check_tokenizer(result, bundle, manifest):

@@ -93,7 +93,7 @@ def test_unknown_runtime_lists_what_the_bundle_has(mlp_bundle):
 
 
 def test_missing_manifest(tmp_path):
-    with pytest.raises(InputFileError, match=r"manifest.json: not a readable bundle manifest \(FileNotFoundError"):
+    with pytest.raises(InputFileError, match=r"not an edgeopt bundle \(no manifest.json\)"):
         run_local(tmp_path, **FAST)
 
 
@@ -106,10 +106,12 @@ def test_runtime_missing_on_the_device_is_unsupported(mlp_bundle, tmp_path):
 
 
 def test_runner_exit_3_is_input_file_error(bundle_copy):
-    # The manifest's sha256 is right, but inputs.npz no longer matches its own recorded hash.
-    with (bundle_copy / "inputs.npz").open("ab") as f:
-        f.write(b"\0")
-    with pytest.raises(InputFileError, match="runner exited 3: .*inputs.npz: sha256 mismatch.*; not benchmarked"):
+    # Every file matches its hash (the host checks those before the copy), but the manifest's input shape
+    # contradicts the stored samples: only the runner finds that, and says so with exit 3.
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["artifacts"][0]["inputs"][0]["shape"] = [1, 7]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputFileError, match=r"runner exited 3: .*samples have shape \[1, 6\].*; not benchmarked"):
         run_local(bundle_copy, **FAST)
 
 

@@ -60,8 +60,9 @@ def write_bundle(root: Path, model_path: Path, inputs: dict, outputs_spec: list,
     manifest = {
         "schema_version": 1, "edgeopt_version": "0.1.0", "model": {"name": "tiny-mlp"},
         "profile": {"name": "desktop-cpu", "compute": {"threads": 2}}, "plan": {}, "artifacts": [artifact],
-        "files": {"model.onnx": artifact["sha256"], "inputs.npz": sha256_of(root / "inputs.npz")},
     }
+    # Every file, as edgeopt.bundle.file_hashes lists them: the runner refuses a bundle with unlisted files.
+    manifest["files"] = {p.relative_to(root).as_posix(): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
 
