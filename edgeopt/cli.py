@@ -275,7 +275,9 @@ def package(profile_name: str, model: str | None, out: str, fmt: str | None, pre
             json_out: bool) -> None:
     """Plan, build, verify in the real runtime, and write a bundle."""
     from edgeopt import api
+    from edgeopt.bundle import check_out_dir
 
+    check_out_dir(Path(out))  # an unusable --out fails now, not after the ~20 s of loading and exporting
     con = _console(json_out, uses_torch=True)
     try:
         with con.working("packaging"), _native_log():
@@ -353,8 +355,11 @@ def demo_lm(out: str | None, steps: int | None, force: bool) -> None:
 
     Use it as a decoder LM that means something: edgeopt package --model DIR --profile arm-mobile
     """
+    from edgeopt.bundle import check_out_dir
     from edgeopt.lm.tinylm import build_tiny_lm
 
+    if out:
+        check_out_dir(Path(out))  # before minutes of training
     con = _console(uses_torch=True)
     with con.working("tiny LM"):
         path = build_tiny_lm(Path(out) if out else None, train_steps=steps, force=force, say=con.progress)
@@ -427,6 +432,11 @@ def report(bundles: tuple[str, ...], html_out: str | None) -> None:
 # --- entry point -------------------------------------------------------------------------------
 
 
+def _debug() -> bool:
+    """``EDGEOPT_DEBUG``: 1, true, yes or on show an internal error's traceback; unset, 0, false, no, off do not."""
+    return os.environ.get("EDGEOPT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map every error to its documented exit code with one line, no traceback."""
     import signal
@@ -459,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {where}out of disk ({e.strerror}); free some space, raise the file-size limit or pass "
                   "--out elsewhere", file=sys.stderr)
             return 6
-        if os.environ.get("EDGEOPT_DEBUG"):
+        if _debug():
             raise
         print(f"internal error (a bug in edgeopt): {type(e).__name__}: {e}\n"
               "rerun with EDGEOPT_DEBUG=1 for the traceback and report it", file=sys.stderr)

@@ -13,8 +13,9 @@
 #   executor_runner) on the artifact and prints its output in an envelope; the host (or, where Python
 #   exists, `python3 runner/common/native.py < envelope`) turns it into the same JSON result.
 #
-# Exit codes: 0 measured (read "valid") · 2 bad flags · 3 artifact missing or failing its sha256
-#             · 4 Python, numpy or the runtime not installed, or the runtime cannot run the artifact.
+# Exit codes: 0 measured (read "valid") · 2 bad flags · 3 a bundle file missing, unlisted or failing its sha256
+#             · 4 Python, numpy or the runtime not installed, or the runtime cannot run the artifact
+#             · 7 the --native benchmark binary is not an executable file on this device.
 # A relative --out path is relative to this bundle folder.
 cd "$(dirname "$0")" || exit 3
 
@@ -110,7 +111,8 @@ native_mode() {
              "give the $runtime benchmark binary" >&2
         exit 2
     fi
-    [ -x "$tool" ] || { echo "bench.sh: $tool is not an executable file on this device" >&2; exit 4; }
+    # The device lacks the tool (or it is not executable there): a device problem (7), not the artifact's (4).
+    [ -x "$tool" ] || { echo "bench.sh: $tool is not an executable file on this device" >&2; exit 7; }
     pin=""
     if [ -n "$cores" ]; then
         command -v taskset >/dev/null 2>&1 || { echo "bench.sh: --cores needs taskset on this device" >&2; exit 2; }

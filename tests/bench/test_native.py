@@ -388,7 +388,7 @@ def test_a_failing_tool_is_unsupported_with_its_output(bundle, tmp_path):
 @pytest.mark.parametrize("args, code, message", [
     (["--native", "TOOL"], 2, "--native needs --artifact FILE"),
     (["--native", "TOOL", "--artifact", "nope.onnx"], 3, "nope.onnx is not in this bundle"),
-    (["--native", "/no/such/onnxruntime_perf_test", "--artifact", "model.onnx"], 4, "is not an executable file"),
+    (["--native", "/no/such/onnxruntime_perf_test", "--artifact", "model.onnx"], 7, "is not an executable file"),
     (["--native", "TOOL", "--artifact", "model.onnx", "--out", "x.json"], 2, "--out is not a flag of --native mode"),
     (["--runs", "5", "--native"], 2, "--native needs the path of a benchmark binary"),
 ])
