@@ -13,7 +13,6 @@ fidelity is measured against the original fp32 model, so the table shows what pr
 
 from __future__ import annotations
 
-import gc
 import shutil
 import time
 from dataclasses import dataclass
@@ -413,9 +412,9 @@ def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data)
     check_build(getattr(loaded.config, "model_type", None), runtime, scheme.precision)
     if data.lm is None:
         return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
-    from edgeopt.packagers.lm import export_lm
+    from edgeopt.packagers.lm import export_lm, release_memory
 
-    gc.collect()  # the previous attempt's converter state and artifact buffers, before this one allocates
+    release_memory()  # the previous attempt's converter state and artifact buffers, before this one allocates
 
     return export_lm(runtime, loaded, scheme, work, prompt_len=data.lm.prompt_len, context_len=data.lm.context_len)
 
@@ -465,7 +464,9 @@ def _verify(packager, artifact, loaded, data: _Data):
     if data.lm is not None:
         from edgeopt.lm import quality
 
-        gc.collect()  # the exporter's graphs hold reference cycles (fx nodes): free their weights before the runtime loads
+        from edgeopt.packagers.lm import release_memory
+
+        release_memory()  # the exporter's graphs hold reference cycles (fx nodes): free them before the runtime loads
         session = quality.open_session(artifact.runtime.value, artifact.path, artifact.details["lm"], data.threads)
         return quality.measure(session, data.lm)
 

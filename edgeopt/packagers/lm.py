@@ -165,27 +165,49 @@ def memory_shortfall(runtime: Runtime, precision: str, fp32_bytes: int, *, name:
 
 # --- the last conversion of each kind, on disk ---------------------------------------------------
 
-_FILE_CACHE: dict[str, tuple[str, Path]] = {}  # kind -> (content key, file)
+_FILE_CACHE: dict[str, tuple[str, Path, tuple[Path, ...]]] = {}  # kind -> (content key, file, companions)
 _FILE_CACHE_DIR: list[Path] = []
 
 
+def release_memory() -> None:
+    """Collect garbage (the exporters' graphs hold reference cycles) and hand freed heap back to the OS.
+
+    glibc keeps freed blocks of a converter's buffers in its arenas; RSS stays at the converter's peak while the
+    runtime then allocates the model again beside them. ``malloc_trim(0)`` returns those pages (no-op where the
+    C library is not glibc)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def cached_conversion(kind: str, key: str, path: Path) -> bool:
-    """Copy the last conversion of ``kind`` to ``path`` when its content key is ``key``; whether it did.
+    """Copy the last conversion of ``kind`` to ``path`` (and its companion files, e.g. ONNX external data, beside
+    it) when its content key is ``key``; whether it did.
 
     The fp32 conversion of a model is the start of every precision and every keep-float retry of it, and takes
-    minutes for a real-size LM; kept as a file (not bytes in memory: that would add the whole model to the build's
+    minutes for a real-size LM; kept as files (not bytes in memory: that would add the whole model to the build's
     peak) in a temporary folder removed at exit."""
     import shutil
 
     hit = _FILE_CACHE.get(kind)
-    if hit is None or hit[0] != key or not hit[1].is_file():
+    if hit is None or hit[0] != key or not all(f.is_file() for f in (hit[1], *hit[2])):
         return False
     shutil.copyfile(hit[1], path)
+    for companion in hit[2]:
+        shutil.copyfile(companion, path.parent / companion.name)
     return True
 
 
-def remember_conversion(kind: str, key: str, path: Path) -> None:
-    """Keep a copy of ``path`` as the last conversion of ``kind`` (replacing the previous one)."""
+def remember_conversion(kind: str, key: str, path: Path, companions: tuple[Path, ...] = ()) -> None:
+    """Keep a copy of ``path`` (and of ``companions``, files its contents refer to by name) as the last conversion
+    of ``kind``, replacing the previous one."""
     import atexit
     import shutil
     import tempfile
@@ -195,10 +217,18 @@ def remember_conversion(kind: str, key: str, path: Path) -> None:
         atexit.register(shutil.rmtree, folder, True)
         _FILE_CACHE_DIR.append(folder)
     target = _FILE_CACHE_DIR[0] / kind
+    side = _FILE_CACHE_DIR[0] / f"{kind}.companions"
     _FILE_CACHE.pop(kind, None)
+    shutil.rmtree(side, ignore_errors=True)
     try:
         shutil.copyfile(path, target)
+        kept = []
+        for companion in companions:
+            side.mkdir(exist_ok=True)
+            shutil.copyfile(companion, side / companion.name)
+            kept.append(side / companion.name)
     except OSError:  # no room for the copy: the next attempt converts again
         target.unlink(missing_ok=True)
+        shutil.rmtree(side, ignore_errors=True)
         return
-    _FILE_CACHE[kind] = (key, target)
+    _FILE_CACHE[kind] = (key, target, tuple(kept))

@@ -384,3 +384,34 @@ def test_refuses_sliding_window_layers(tmp_path):
     loaded = _save(Qwen2ForCausalLM(config), tmp_path / "sliding")
     with pytest.raises(UnsupportedError, match="sliding_attention layers"):
         check_lm(loaded, QuantScheme(Precision.FP32))
+
+
+def test_over_the_protobuf_limit_int4_is_built_from_external_data_and_fp32_refused(llama, tmp_path, monkeypatch):
+    """Qwen2.5-0.5B's fp32 graph is 2.4 GiB (its tied table twice): over protobuf's 2 GiB for one file. The limit
+    is lowered here so the tiny Llama takes that path: the fp32 graph is exported with external data, int4 is
+    quantized from it into one file that matches the normal build, and fp32 itself is refused up front."""
+    from edgeopt.packagers import onnx_lm
+    from edgeopt.packagers.onnx_lm import check_lm, export_lm
+
+    normal = export_lm(llama, default_scheme(Precision.INT4), tmp_path / "normal", prompt_len=PROMPT_LEN,
+                       context_len=CONTEXT_LEN)
+    monkeypatch.setattr(onnx_lm, "_PROTOBUF_LIMIT_BYTES", 1 << 16)
+    with pytest.raises(UnsupportedError, match=r"over protobuf's 2 GiB limit for one .onnx file; .*use int8 or int4"):
+        check_lm(llama, QuantScheme(Precision.FP32))
+    written = []
+    real_export = onnx_lm._export_fp32
+
+    def export_and_look(loaded, shape, path, **kwargs):
+        real_export(loaded, shape, path, **kwargs)
+        written.append((kwargs, [p.name for p in onnx_lm._companions(path)],
+                        sum(p.stat().st_size for p in onnx_lm._companions(path))))
+
+    monkeypatch.setattr(onnx_lm, "_export_fp32", export_and_look)
+    int4 = export_lm(llama, default_scheme(Precision.INT4), tmp_path / "external", prompt_len=PROMPT_LEN,
+                     context_len=CONTEXT_LEN)
+    (kwargs, companions, data_bytes), = written
+    assert kwargs == {"external": True} and companions == ["model.fp32.onnx.data"]
+    assert data_bytes >= 0.9 * onnx_lm.fp32_graph_bytes(llama)[0]  # the weights are in the .data file
+    assert sorted(p.name for p in (tmp_path / "external").iterdir()) == ["model.onnx"]  # no fp32 graph or its data
+    prompt = _prompt(3)
+    assert np.array_equal(_session(int4).prefill(prompt), _session(normal).prefill(prompt))
