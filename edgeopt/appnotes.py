@@ -10,6 +10,7 @@ the artifact on the first sample of ``inputs.npz`` and prints its max abs differ
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -87,7 +88,7 @@ def ios_package(runtime: Runtime, version: str | None) -> str:
             "use_frameworks!\npod 'TensorFlowLiteSwift'")
 
 
-def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4) -> AppNotes:
+def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4, targets: list[str] | None = None) -> AppNotes:
     """Android, iOS and Python snippets for ``artifact`` (a manifest ``artifacts`` entry).
 
     Args:
@@ -95,6 +96,8 @@ def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4) -> AppNotes:
             and ``lm`` for a decoder LM.
         toolchain: the manifest's ``toolchain`` (pip distribution -> version).
         threads: CPU threads the snippets ask for (the profile's ``compute.threads``).
+        targets: where the profile runs this runtime (``profile.execution``, e.g. ["tensorrt", "cuda"]); the
+            onnxruntime Python snippet asks for those providers, then the CPU. None: the CPU.
     Returns:
         An ``AppNotes``; an unknown dtype gives a comment in the code, never an exception.
     """
@@ -107,7 +110,9 @@ def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4) -> AppNotes:
         runtime](artifact, threads)
     swift = {Runtime.ONNXRUNTIME: _swift_ort, Runtime.EXECUTORCH: _swift_et, Runtime.LITERT: _swift_litert}[
         runtime](artifact, threads) if not lm else _swift_lm(runtime, artifact, threads)
-    python = _hoist_imports(_python_lm(runtime, artifact, threads) if lm else _python(runtime, artifact, threads))
+    providers = ort_providers(targets)
+    python = _hoist_imports(_python_lm(runtime, artifact, threads, providers) if lm
+                            else _python(runtime, artifact, threads, providers))
     notes = _notes(runtime, artifact, version)
     return AppNotes(runtime, version, maven, gradle, kotlin, ios_package(runtime, version), swift, python, notes)
 
@@ -633,7 +638,7 @@ def host(name):
 '''
 
 
-def _python(runtime: Runtime, art: dict, threads: int) -> str:
+def _python(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
     feeds = []
     for spec in art["inputs"]:
         np_dtype = _NP.get(str(spec["dtype"]))
@@ -654,7 +659,7 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
                  f"bucket = min(b for b in {list(buckets['buckets'])!r} if b >= n)  # the smallest length bucket "
                  "that holds n\n"
                  f"feeds = {{k: v[:, :bucket] if k in {seq!r} else v for k, v in feeds.items()}}\n")
-    text += python_run(runtime, art, threads)
+    text += python_run(runtime, art, threads, providers)
     if buckets:
         seq_out = tuple(buckets.get("outputs") or ())
         text += (f"diff = max(float(np.max(np.abs((outputs[k][:, :n] if k in {seq_out!r} else outputs[k]) - "
@@ -673,14 +678,25 @@ def _python(runtime: Runtime, art: dict, threads: int) -> str:
     return text
 
 
-def python_run(runtime: Runtime, art: dict, threads: int) -> str:
+_ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def ort_providers(targets: list[str] | None) -> list[str] | None:
+    """onnxruntime's provider names for a profile's execution targets, the CPU last (None: the CPU only)."""
+    if not targets or list(targets) == ["cpu"]:
+        return None
+    names = [_ORT_PROVIDERS[t] for t in targets if t in _ORT_PROVIDERS and t != "cpu"]
+    return [*names, "CPUExecutionProvider"]
+
+
+def python_run(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
     """Python lines that run ``art`` on a ``feeds`` dict (input name -> array, in manifest order) and leave the
     results in ``outputs`` (output name -> array); imports are hoisted by ``_hoist_imports``."""
     names = [s["name"] for s in art["outputs"]]
     if runtime is Runtime.ONNXRUNTIME:
         return ("import onnxruntime as ort\n\n"
                 f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
-                f"session = ort.InferenceSession(\"{art['file']}\", options, providers=[\"CPUExecutionProvider\"])\n"
+                f"session = ort.InferenceSession(\"{art['file']}\", options, providers={json.dumps(providers or ['CPUExecutionProvider'])})\n"
                 f"names = {names!r}\n"
                 "outputs = dict(zip(names, session.run(names, feeds)))\n")
     if runtime is Runtime.EXECUTORCH:
@@ -716,7 +732,7 @@ _PY_HOST_TRIMMED = '''def host(name, trimmed=False):
 '''
 
 
-def _python_lm(runtime: Runtime, art: dict, threads: int) -> str:
+def _python_lm(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
     """Greedy generation from the first stored prompt, compared token by token with the host's."""
     lm = art["lm"]
     head = ("import numpy as np\n\n"
@@ -728,7 +744,7 @@ def _python_lm(runtime: Runtime, art: dict, threads: int) -> str:
         mask = lm.get("attention_mask")
         body = ("import onnxruntime as ort\n\n"
                 f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
-                f"session = ort.InferenceSession(\"{art['file']}\", options, providers=[\"CPUExecutionProvider\"])\n"
+                f"session = ort.InferenceSession(\"{art['file']}\", options, providers={json.dumps(providers or ['CPUExecutionProvider'])})\n"
                 f"past_names = {list(lm['past_inputs'])!r}\n"
                 f"outputs = [{lm.get('logits', 'logits')!r}] + {list(lm['present_outputs'])!r}\n"
                 f"cache = [np.zeros((1, {lm['num_kv_heads']}, 0, {lm['head_dim']}), "

@@ -257,7 +257,10 @@ def bundle_readme(manifest: dict) -> str:
 
     art = manifest["artifacts"][0]
     threads = int(((manifest.get("profile") or {}).get("compute") or {}).get("threads") or 4)
-    notes = app_notes(art, manifest.get("toolchain", {}), threads=threads)
+    execution = (manifest.get("profile") or {}).get("execution")
+    targets = execution.get(art.get("runtime")) if isinstance(execution, dict) else None
+    notes = app_notes(art, manifest.get("toolchain", {}), threads=threads,
+                      targets=targets if isinstance(targets, list) else None)
     version = notes.version or "(not recorded: see manifest.json)"
 
     def io_lines(specs):

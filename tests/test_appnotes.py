@@ -183,3 +183,21 @@ def test_examples_pin_the_versions_and_names_appnotes_gives(bundles):
         readme = (EXAMPLES[folder] / "README.md").read_text(encoding="utf-8")
         for runtime, version in expected_versions.items():
             assert version in readme, (folder, runtime, version)
+
+
+def test_onnx_snippets_ask_for_the_profiles_execution_providers():
+    """A server-gpu bundle's snippet creates its session on the GPU providers the profile names, the CPU last; a CPU
+    profile's on the CPU provider alone (encoder and LM snippets alike)."""
+    from edgeopt.appnotes import ort_providers
+
+    art = {"runtime": "onnxruntime", "file": "model.onnx", "inputs": [
+        {"name": "input_ids", "dtype": "int64", "shape": [1, 8]}], "outputs": [
+        {"name": "embedding", "dtype": "float32", "shape": [1, 8]}]}
+    gpu = '["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]'
+    assert f"providers={gpu}" in app_notes(art, {}, targets=["tensorrt", "cuda"]).python
+    assert 'providers=["CPUExecutionProvider"])' in app_notes(art, {}).python
+    assert 'providers=["CPUExecutionProvider"])' in app_notes(art, {}, targets=["cpu"]).python
+    assert ort_providers(["cuda"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    lm = dict(art, lm={"past_inputs": ["past.0.key"], "present_outputs": ["present.0.key"], "num_kv_heads": 2,
+                       "head_dim": 8, "prompt_len": 8, "context_len": 32, "cache": "explicit"})
+    assert 'providers=["CUDAExecutionProvider", "CPUExecutionProvider"]' in app_notes(lm, {}, targets=["cuda"]).python
