@@ -19,10 +19,10 @@ package: $(STAMP)
 	$(BIN)/edgeopt package --profile arm-mobile --force
 	$(BIN)/edgeopt bench dist/all-MiniLM-L6-v2-arm-mobile --device local --runs 50 --min-seconds 2
 
-## The whole test suite.
+## The whole test suite, on two workers (one test file per worker at a time: module fixtures stay shared).
 test: $(STAMP)
 	sh scripts/install-test-deps.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache
