@@ -392,6 +392,34 @@ def report(bundles: list[str | Path], *, html: str | Path | None = None) -> str:
     return text
 
 
+def sweep(spec: str | Path, *, out: str | Path | None = None, ray_address: str | None = None, jobs: int | None = None,
+          bench: bool = True, progress: Progress | None = None):
+    """Build every cell of a sweep spec (models × profiles × formats × precisions), bench each bundle on the
+    spec's devices, and write one report over all (``edgeopt sweep``; the spec format: ``edgeopt.sweeps.spec``).
+
+    Args:
+        spec: the sweep YAML file (or a ``SweepSpec``).
+        out: replaces the spec's ``out`` folder.
+        ray_address: run the cells as tasks on this Ray cluster (``host:port``, or ``auto``) instead of the local
+            pool; the out folder must be one every node sees.
+        jobs: local pool size (default: one per spare core, fewer when the builds' estimated peak memory
+            would not fit in the memory available).
+        bench: bench the bundles on the spec's ``bench.devices`` (False: build only).
+
+    Returns:
+        A ``SweepResult``: ``cells`` (status ok/skipped/failed/killed/interrupted, exit_code, attempts, retried,
+        bundle, artifact, fidelity, bench per device), ``report``, ``wall_s``, ``exit_code``.
+
+    Raises:
+        SpecError (exit 2): the spec has problems (all listed), before any work. MissingDependencyError: ray is
+        not installed. DeviceError: the Ray cluster cannot be reached. KeyboardInterrupt: Ctrl-C (finished
+        bundles stay; running cells are stopped and leave nothing behind).
+    """
+    from edgeopt.sweeps import sweep as _sweep
+
+    return _sweep(spec, out=out, ray_address=ray_address, jobs=jobs, bench=bench, progress=progress)
+
+
 def _recover(value) -> float:
     import math
 

@@ -429,6 +429,76 @@ def report(bundles: tuple[str, ...], html_out: str | None) -> None:
     click.echo(api.report(list(bundles), html=html_out))
 
 
+# --- sweep -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Replaces the spec's out folder.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the cells as tasks on this Ray cluster (host:port of `ray start --head`, or auto).")
+@click.option("--jobs", default=None, type=click.IntRange(min=1),
+              help="Local pool: cells at once (default: one per spare core, fewer if their builds' peak memory "
+                   "would not fit).")
+@click.option("--no-bench", is_flag=True, help="Build only; skip the spec's bench devices.")
+@click.option("--json", "json_out", is_flag=True, help="Print the results table as JSON.")
+def sweep(spec: str, out: str | None, ray_address: str | None, jobs: int | None, no_bench: bool,
+          json_out: bool) -> None:
+    """Build models x profiles (x formats x precisions) in parallel, bench each bundle, one report over all.
+
+    A cell whose bundle already matches (model hash, profile, edgeopt version) is skipped; a cell whose process
+    was killed is retried once; a cell that fails (exit 4, 5...) is reported in the table. Exit code: 0 when
+    every cell and benchmark succeeded, else the first failed cell's (then benchmark's).
+    """
+    from edgeopt import api
+    from edgeopt.sweeps import load_spec
+
+    parsed = load_spec(spec, out=out)  # every problem of the spec, exit 2, before any work
+    con = _console(json_out)
+    with con.working("sweep"):
+        result = api.sweep(parsed, ray_address=ray_address, jobs=jobs, bench=not no_bench, progress=con.progress)
+    if json_out:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_sweep(con, result)
+    if result.exit_code:
+        from edgeopt.errors import EdgeoptError as _Failed
+
+        failed = sum(c.status not in ("ok", "skipped") for c in result.cells)
+        err = _Failed(f"sweep: {failed} of {len(result.cells)} cells failed" if failed
+                      else "sweep: a benchmark failed; the table above says which")
+        err.exit_code = result.exit_code
+        raise err
+
+
+def _print_sweep(con, result) -> None:
+    devices = sorted({d for c in result.cells for d in c.bench})
+    rows = []
+    for c in result.cells:
+        art, fid = c.artifact or {}, c.fidelity or {}
+        status = c.status + (" (retried)" if c.retried else "")
+        rows.append([c.model.rsplit("/", 1)[-1], c.profile, c.fmt or "auto", c.precision or "auto", status,
+                     str(c.exit_code if c.exit_code is not None else "-"),
+                     f"{art['runtime']}/{art['precision']}" if art else "-",
+                     f"{art['bytes'] / MB:.2f}" if art else "-",
+                     f"{fid['min_cosine']:.4f}" if "min_cosine" in fid else "-", f"{c.seconds:.1f}",
+                     *[_bench_cell(c.bench.get(d)) for d in devices], (c.error or "")[:80]])
+    con.table(f"sweep {result.spec} on the {result.runner} runner: {result.wall_s:.1f} s",
+              ["model", "profile", "format", "precision", "status", "exit", "built", "MB", "min cos", "s",
+               *[f"p50 ms {d}" for d in devices], "error"], rows)
+    if result.report:
+        con.line(f"report: {result.report}")
+    con.line(f"results: {Path(result.out) / '.sweep' / 'sweep.json'}")
+
+
+def _bench_cell(job: dict | None) -> str:
+    if not job:
+        return "-"
+    if job.get("p50_ms") is not None:
+        return f"{job['p50_ms']:.3f}" + (" (stored)" if job["status"] == "stored" else "")
+    return f"failed ({job.get('exit_code')})"
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
