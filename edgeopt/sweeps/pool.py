@@ -220,6 +220,8 @@ class RayPool:
 
 
 def _ray_cell(payload: dict, log_path: str, env: dict) -> dict:
+    import ray
+
     from edgeopt.sweeps.cell import run_attempt
 
-    return run_attempt(payload, log_path, env)
+    return {**run_attempt(payload, log_path, env), "node": ray.get_runtime_context().get_node_id()}

@@ -37,6 +37,7 @@ class CellResult:
     error: str | None = None
     seconds: float = 0.0
     host: str | None = None
+    node: str | None = None  # the Ray node that built it (None on the local pool)
     artifact: dict | None = None  # runtime, precision, file, bytes, sha256 of the first artifact
     fidelity: dict | None = None  # mean_cosine, min_cosine, sqnr_db (or perplexity_ratio, kl for an LM)
     first_error: str | None = None  # what the crashed first attempt said
@@ -169,7 +170,7 @@ def _record(r: CellResult, res: dict) -> None:
     r.status = res.get("status", "failed")
     r.exit_code = res.get("exit_code")
     r.bundle, r.error = res.get("bundle"), res.get("error")
-    r.seconds, r.host = res.get("seconds", 0.0), res.get("host")
+    r.seconds, r.host, r.node = res.get("seconds", 0.0), res.get("host"), res.get("node")
     if r.bundle and r.status in ("ok", "skipped"):
         from edgeopt.bundle import Bundle
 

@@ -204,10 +204,29 @@ def _model(value: object, where: str, base: Path, errs: list[str]) -> str | None
             errs.append(f"{where}: {path} has no config.json; give a Hugging Face model directory")
         return str(path)
     if _HUB_ID.match(value) and not value.startswith((".", "/")):
+        if _offline() and not _cached(value):
+            errs.append(f"{where}: model {value!r}: no folder {path} (paths are relative to the spec's folder), and "
+                        "as a hub id it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set); fix the path "
+                        f"or download it first (huggingface-cli download {value})")
+            return None
         return value
     errs.append(f"{where}: model {value!r} not found: no folder {path} (paths are relative to the spec's folder) and "
                 "not a hub id (org/name)")
     return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - not cached, or not a valid id
+        return False
 
 
 def _profile(value: object, where: str, base: Path, errs: list[str]) -> tuple[str, str] | tuple[None, None]:
@@ -217,7 +236,7 @@ def _profile(value: object, where: str, base: Path, errs: list[str]) -> tuple[st
         errs.append(f"{where} must be a built-in profile name or a profile .yaml path, got {value!r}")
         return None, None
     ref = value
-    if value not in builtin_profile_names():
+    if value not in builtin_profile_names() and ("/" in value or value.endswith((".yaml", ".yml"))):
         p = Path(value).expanduser()
         ref = str(p if p.is_absolute() else base / p)
     try:
