@@ -968,8 +968,20 @@ def run_benchmark(args):
         result, model, inputs, references, expected, k, output_names, order, lengths))
     result["peak_rss_mb"] = peak_rss_mb()
     record_execution(result, model)
+    record_runner(result, model)
     validity(result, args, nonfinite)
     return result
+
+
+def record_runner(result, model):
+    """``config.threads``: the threads the runtime reports it runs on (where it tells); ``extra.runner``: which
+    runner of the runtime ran (executorch: ``light``, the wheel's C++ runtime without torch, or ``pybindings``)."""
+    used = getattr(model, "threads", None)
+    if isinstance(used, int) and not isinstance(used, bool) and used > 0:
+        result["config"]["threads"] = used
+    runner = getattr(model, "runner", None)
+    if isinstance(runner, str):
+        result.setdefault("extra", {})["runner"] = runner[:32]
 
 
 # ------------------------------------------------------------------------------------------ decoder LMs
