@@ -91,6 +91,9 @@ def parse_args(argv):
     p.add_argument("--runtime", help="runtime of the artifact to run (default: the first artifact's)")
     p.add_argument("--artifact", help="artifact file name from the manifest (wins over --runtime)")
     p.add_argument("--threads", type=_positive_int, help="runtime threads (default: the profile's, capped to cores)")
+    p.add_argument("--spin", choices=("on", "off"),
+                   help="onnxruntime: let idle intra-op threads spin (session.intra_op.allow_spinning; default: the "
+                        "runtime's, on)")
     p.add_argument("--cores", type=_core_list, help="pin to these CPU ids, e.g. 4,5,6,7 (Linux/Android)")
     p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs before each repeat")
     p.add_argument("--runs", type=_positive_int, default=100, help="minimum timed runs per repeat")
@@ -958,8 +961,12 @@ def run_benchmark(args):
                                                 ", on " + ", ".join(targets) if targets else ""))
     t0 = time.perf_counter()
     artifact_path = os.path.join(bundle, art["file"])
-    model = _call_runtime("load", art["file"], runtime,
-                          lambda: backend.load(artifact_path, threads, **load_options(targets)))
+    options = load_options(targets)
+    if args.spin is not None:
+        if not getattr(backend, "supports_spinning", False):
+            raise RunnerExit(EXIT_USAGE, "--spin: runner/%s/backend.py has no spinning setting; drop the flag" % runtime)
+        options["spinning"] = args.spin == "on"
+    model = _call_runtime("load", art["file"], runtime, lambda: backend.load(artifact_path, threads, **options))
     result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
     output_names = [spec["name"] for spec in art["outputs"]]
     order = output_order(model, output_names)
@@ -979,6 +986,9 @@ def record_runner(result, model):
     used = getattr(model, "threads", None)
     if isinstance(used, int) and not isinstance(used, bool) and used > 0:
         result["config"]["threads"] = used
+    spinning = getattr(model, "spinning", None)
+    if isinstance(spinning, bool):
+        result.setdefault("extra", {})["spinning"] = spinning
     runner = getattr(model, "runner", None)
     if isinstance(runner, str):
         result.setdefault("extra", {})["runner"] = runner[:32]

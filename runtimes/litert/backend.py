@@ -149,7 +149,9 @@ def _natural(text):
 def load(path, threads):
     """A ``LiteRTModel`` for the .tflite at ``path`` on ``threads`` CPU threads (XNNPACK, the default delegate)."""
     module = _interpreter_module()
-    return LiteRTModel(module.Interpreter(model_path=path, num_threads=threads))
+    model = LiteRTModel(module.Interpreter(model_path=path, num_threads=threads))
+    model.threads = int(threads)  # the interpreter has no getter; XNNPACK takes num_threads as given
+    return model
 
 
 # --- decoder LMs (runtimes/common/README.md "Decoder LMs") ----------------------------------------

@@ -23,6 +23,7 @@ import tempfile
 name = "onnxruntime"
 pip_package = "onnxruntime"
 targets = ("cpu", "cuda", "tensorrt")  # what load() can be asked for
+supports_spinning = True  # load(spinning=...) sets session.intra_op.allow_spinning
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 GPU_PACKAGE = "onnxruntime-gpu"  # the build with the CUDA and TensorRT providers (replaces onnxruntime, not beside it)
 # Kernel time the CPU provider may take in a GPU run: onnxruntime places shape arithmetic (Shape, Gather of dims,
@@ -153,7 +154,7 @@ def fallback_reason(requested, providers, time_share, missing=()):
     return None
 
 
-def load(path, threads, targets=None, profile=True):
+def load(path, threads, targets=None, profile=True, spinning=None):
     """An ``OrtModel`` for the .onnx file at ``path`` using ``threads`` intra-op threads, on ``targets`` (execution
     target names, most preferred first; None: the CPU). ``profile``: on a GPU request, profile the first runs to
     learn where the nodes ran (the model must then be run through ``OrtModel.run``)."""
@@ -176,6 +177,8 @@ def load(path, threads, targets=None, profile=True):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: the runner's stderr is for its own one-line messages
+    if spinning is not None:  # idle intra-op threads spin (on, onnxruntime's default) or sleep at once (off)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     profiled = profile and requested != ["cpu"]  # a GPU run proves where its nodes ran; a CPU one need not
     if profiled:
         options.enable_profiling = True
@@ -183,7 +186,10 @@ def load(path, threads, targets=None, profile=True):
     provider_options = [_provider_options(p) for p in providers]
     session = ort.InferenceSession(path, sess_options=options, providers=providers, provider_options=provider_options)
     on_gpu = on_gpu and session.get_providers()[0] != "CPUExecutionProvider"
-    return OrtModel(session, requested, missing, io_binding_device="cuda" if on_gpu else None, profiled=profiled)
+    model = OrtModel(session, requested, missing, io_binding_device="cuda" if on_gpu else None, profiled=profiled)
+    model.threads = int(threads)
+    model.spinning = True if spinning is None else bool(spinning)
+    return model
 
 
 def _provider_options(provider):

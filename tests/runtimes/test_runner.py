@@ -397,3 +397,13 @@ def test_bench_sh_is_posix_and_runs_the_runner(mlp_bundle):
     env["PYTHON"] = sys.executable
     proc = subprocess.run(["sh", str(mlp_bundle / "bench.sh"), "--help"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "--min-seconds" in proc.stdout
+
+
+@pytest.mark.parametrize("spin", ["on", "off"])
+def test_spin_flag_reaches_onnxruntime_and_the_result(bundle_copy, spin):
+    proc = run_runner(bundle_copy, *FAST, "--threads", "2", "--spin", spin)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert schema_errors(result) == []
+    assert result["config"]["threads"] == 2  # what the session was created with, not only the flag
+    assert result["extra"]["spinning"] is (spin == "on")
