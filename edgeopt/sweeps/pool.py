@@ -171,7 +171,9 @@ class RayPool:
             raise MissingDependencyError("ray", "ray", "'ray[default]>=2.50'") from None
         self._ray = ray
         try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+            # A loopback cluster (nodes started with --node-ip-address 127.0.0.1): this driver must be on it too.
+            loopback = {"_node_ip_address": "127.0.0.1"} if address.startswith(("127.", "localhost")) else {}
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False, **loopback)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise DeviceError(f"--ray {address}: cannot connect to the Ray cluster ({str(e).splitlines()[0][:200]});"
                               " start it with `ray start --head` and pass its address (host:port)") from None
