@@ -5,6 +5,12 @@
 Runs each bundle's artifact with runtimes/common/runner.py (this checkout's) at threads 1..cores and, where the
 backend has the setting (onnxruntime), spinning on and off, in interleaved rounds, and prints p50 / mean latency and
 peak RSS per cell (the median over rounds). Not part of the test run.
+
+Measured Dec 2026 on the 2-core x86-64 build host, shared with two other jobs (so 2-thread cells are contended),
+MiniLM int8 arm-mobile bundles, held-out samples at their real lengths, --runs 20 --rounds 2 (p50 ms / peak RSS MB):
+executorch (light runner) 1 thread 3.76 / 83.0, 2 threads 5.64 / 83.0; onnxruntime 1 thread spin on 8.68 / 114.1,
+off 7.65 / 111.3, 2 threads spin on 19.33 (mean 33.3) / 112.1, off 8.42 / 109.0; litert 1 thread 7.91 / 104.1,
+2 threads 6.40 / 104.1. Spinning threads on a CPU that other work shares cost onnxruntime 2.3x at 2 threads.
 """
 
 from __future__ import annotations
