@@ -56,7 +56,7 @@ def local_run(spec_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep-local")
     proc = _sweep(str(spec_dir / "sweep.yaml"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return out, proc, _cells(out)  # the cells as this run left them (a later test re-runs into out)
 
 
 def _cells(out: Path) -> dict:
@@ -66,8 +66,7 @@ def _cells(out: Path) -> dict:
 def test_example_on_the_local_pool_builds_benches_and_reports(local_run):
     from edgeopt.bundle import Bundle, verify_files
 
-    out, proc = local_run
-    cells = _cells(out)
+    out, proc, cells = local_run
     assert len(cells) == 4 and {c["profile"] for c in cells.values()} == {"desktop-cpu", "embedded-board"}
     for c in cells.values():
         assert c["status"] == "ok" and c["exit_code"] == 0 and c["attempts"] == 1 and not c["retried"], c
@@ -87,8 +86,9 @@ def test_example_on_the_local_pool_builds_benches_and_reports(local_run):
 
 
 def test_rerun_skips_matching_bundles_and_rebuilds_a_changed_one(local_run, spec_dir, tmp_path):
-    out, _ = local_run
-    before = _cells(out)
+    out = tmp_path / "copy"  # a copy of the local run's out: the Ray test compares against the original
+    shutil.copytree(local_run[0], out)
+    before = local_run[2]
     t = time.monotonic()
     proc = _sweep(str(spec_dir / "sweep.yaml"), "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -314,14 +314,13 @@ def _wait_nodes(address: str, count: int, temp: Path, nodes, timeout: float = 12
 
 
 def test_example_on_ray_gives_the_local_pools_bundles(ray_cluster, spec_dir, local_run, tmp_path):
-    local_out, _ = local_run
+    _, _, local = local_run
     out = tmp_path / "out"
     proc = _sweep(str(spec_dir / "sweep.yaml"), "--out", str(out), "--ray", ray_cluster, "--no-bench", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["runner"] == "ray"
     ray_cells = {c["key"]: c for c in result["cells"]}
-    local = _cells(local_out)
     assert ray_cells.keys() == local.keys()
     assert len({c["node"] for c in ray_cells.values()}) == 2  # both nodes built cells
     for key, c in ray_cells.items():
