@@ -10,7 +10,7 @@ from edgeopt import api
 
 
 def test_lazy_public_api():
-    for name in ("load_profile", "inspect", "make_plan", "package", "bench", "report", "calibrate_profile"):
+    for name in ("load_profile", "inspect", "make_plan", "package", "bench", "report", "calibrate_profile", "sweep"):
         assert getattr(edgeopt, name) is getattr(api, name) and name in edgeopt.__all__
 
 
