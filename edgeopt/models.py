@@ -200,8 +200,11 @@ def _weight_files(path: Path, *, allow_pickle: bool) -> list[Path]:
     return pickles
 
 
-def check_safetensors(path: Path) -> None:
-    """Validate a safetensors header before any loader touches it (length, JSON, offsets within the file)."""
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and the size of its data section, read without loading any tensor.
+
+    Bounded (length, JSON size and nesting). Raises InputFileError naming the file when the header is corrupt.
+    """
     from edgeopt import jsonio
 
     size = path.stat().st_size
@@ -219,7 +222,12 @@ def check_safetensors(path: Path) -> None:
         raise InputFileError(f"{path}: corrupt safetensors file ({e})") from None
     if not isinstance(header, dict):
         raise InputFileError(f"{path}: corrupt safetensors file (header is not a JSON object)")
-    data_size = size - 8 - n
+    return header, size - 8 - n
+
+
+def check_safetensors(path: Path) -> None:
+    """Validate a safetensors header before any loader touches it (length, JSON, offsets within the file)."""
+    header, data_size = read_safetensors_header(path)
     for name, info in header.items():
         if name == "__metadata__":
             continue

@@ -92,10 +92,24 @@ def host_threads() -> int:
     """
     import os
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = os.environ.get("EDGEOPT_HOST_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
+    return spare_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def spare_cpus() -> int:
+    """``usable_cpus`` less what other processes keep busy (the 1-minute load average), at least 1."""
+    import os
+
+    cpus = usable_cpus()
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):

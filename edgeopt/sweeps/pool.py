@@ -7,7 +7,6 @@ the process running a cell comes back as ``status: killed``; the sweep decides a
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def estimate_peak_bytes(model: str, fmt: str | None, precision: str | None) -> i
 
 def _fp32_bytes(model: str) -> int | None:
     from edgeopt import models
+    from edgeopt.errors import InputFileError
 
     try:
         path = models.default_model_dir() if model == "default" else Path(model)
@@ -42,12 +42,8 @@ def _fp32_bytes(model: str) -> int | None:
     total = 0
     for f in path.glob("*.safetensors"):
         try:
-            with f.open("rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                import json
-
-                header = json.loads(fh.read(min(n, 100 * MB)))
-        except (OSError, ValueError):
+            header, _ = models.read_safetensors_header(f)
+        except InputFileError:
             return None
         for name, t in header.items():
             if name != "__metadata__" and isinstance(t, dict):
@@ -58,16 +54,6 @@ def _fp32_bytes(model: str) -> int | None:
     if total == 0:  # pickle checkpoints: their size, as if fp32
         total = sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
     return total
-
-
-def spare_cores() -> int:
-    """CPUs this process may use less what other processes keep busy (1-minute load average), at least 1."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cpus, int(cpus - busy + 0.5)))
 
 
 class LocalPool:
@@ -93,8 +79,9 @@ class LocalPool:
                 f"{self.memory_bytes / MB / 1024:.1f} GB of memory for builds")
 
     def threads_per_cell(self) -> int:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cpus // self.workers)
+        from edgeopt.pipeline import usable_cpus
+
+        return max(1, usable_cpus() // self.workers)
 
     def submit(self, payload: dict, log_path: str, env: dict, need_bytes: int):
         return self._executor.submit(self._run, payload, log_path, env, need_bytes)

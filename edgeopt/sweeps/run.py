@@ -107,13 +107,14 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, jobs: int | No
 
 
 def _make_pool(ray_address: str | None, jobs: int | None, cells: int):
-    from edgeopt.sweeps.pool import LocalPool, RayPool, spare_cores
+    from edgeopt.pipeline import spare_cpus
+    from edgeopt.sweeps.pool import LocalPool, RayPool
 
     if ray_address:
         return RayPool(ray_address)
     from edgeopt.packagers.lm import host_available_memory
 
-    workers = jobs or min(spare_cores(), cells)
+    workers = jobs or min(spare_cpus(), cells)
     return LocalPool(workers, int(host_available_memory() * 0.9))
 
 
