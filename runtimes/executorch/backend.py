@@ -28,6 +28,7 @@ LIGHT_ABI = 1
 # ExecuTorch ScalarType codes of the numpy dtypes a bundle feeds or gets back
 _SCALAR = {"uint8": 0, "int8": 1, "int16": 2, "int32": 3, "int64": 4, "float16": 5, "float32": 6, "float64": 7,
            "bool": 11}
+_DTYPE = {code: name for name, code in _SCALAR.items()}
 
 
 def _package_dir():
@@ -101,18 +102,11 @@ def build_light(out=None, compiler="g++"):
 
 def version():
     """The installed executorch version (raises ImportError when it is not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
     if use_light():
         _package_dir()
-        return _dist_version()
-    import executorch.runtime  # noqa: F401 - the runtime itself, not just the metadata, must import
-
-    try:
-        return dist_version("executorch")
-    except PackageNotFoundError:  # a source build without wheel metadata
-        return "unknown"
+    else:
+        import executorch.runtime  # noqa: F401 - the runtime itself, not just the metadata, must import
+    return _dist_version()
 
 
 class EtModel:
@@ -183,7 +177,6 @@ class LightModel:
         count = self._lib.eo_et_run(self._handle, b"forward", n, data, dtypes, ndims, sizes, self._err, len(self._err))
         if count < 0:
             raise RuntimeError(self._err.value.decode(errors="replace"))
-        names = {v: k for k, v in _SCALAR.items()}
         out = []
         for i in range(count):
             code, rank, ptr, nbytes = ct.c_int(), ct.c_int(), ct.c_void_p(), ct.c_size_t()
@@ -192,7 +185,7 @@ class LightModel:
                                       ct.byref(nbytes)) != 0:
                 raise RuntimeError("output %d is not a tensor" % i)
             raw = (ct.c_char * nbytes.value).from_address(ptr.value) if nbytes.value else b""
-            out.append(np.frombuffer(raw, dtype=names[code.value]).reshape(list(dims[:rank.value])).copy())
+            out.append(np.frombuffer(raw, dtype=_DTYPE[code.value]).reshape(list(dims[:rank.value])).copy())
         return out
 
     def __del__(self):
