@@ -454,6 +454,26 @@ def test_a_runner_killed_by_a_signal_is_a_device_error_naming_it(all_formats_bun
     assert e.value.exit_code == 7
 
 
+def test_a_runtime_crashing_natively_on_an_artifact_is_exit_4_not_a_dead_runner(all_formats_bundle, tmp_path):
+    """The runner loads and runs the artifact once in a forked child first: a runtime that segfaults there (here a
+    real SIGSEGV in native code, from the bundle's own, re-signed executorch backend) is exit 4 naming the signal,
+    with the runner alive to say so."""
+    bundle = tmp_path / "crashing"
+    shutil.copytree(all_formats_bundle, bundle, ignore=shutil.ignore_patterns("results", "__pycache__"))
+    backend = bundle / "runner" / "executorch" / "backend.py"
+    backend.write_text(backend.read_text() + "\n\ndef load(path, threads):  # the probe's load crashes natively\n"
+                       "    import ctypes\n    ctypes.string_at(0)\n")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["runner/executorch/backend.py"] = hashlib.sha256(backend.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGEOPT_RUNNER_PROBE")}
+    proc = subprocess.run([sys.executable, str(bundle / "runner" / "common" / "runner.py"), "--bundle", str(bundle),
+                           "--artifact", "model.pte", *FAST], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "executorch crashed with SIGSEGV loading and running model.pte once in a child process" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
 # ----------------------------------------------------------------------------------------- determinism
 
 # Byte-for-byte identical across two runs of the same model and profile, measured (see the report):

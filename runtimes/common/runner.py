@@ -20,7 +20,11 @@ a changed, missing or unlisted file, a symlink leaving the bundle or a ``../`` n
 Exit codes: 0 measured (read ``valid``) · 2 bad flags · 3 artifact or bundle file missing, unreadable, unlisted or
 failing its sha256, or a manifest too large or too deeply nested (a result with ``valid: false`` is still printed
 for an artifact sha256 mismatch) · 4 runtime, numpy or the runner for the runtime not installed, or the runtime
-cannot load/run the verified artifact.
+cannot load/run the verified artifact, or crashed on it.
+
+Before it times an encoder artifact, the runner loads it and runs it once in a forked child process (where the OS
+has fork): a runtime that crashes natively on a corrupt artifact (SIGSEGV, abort) then ends that child, and the
+runner reports it as exit 4, instead of dying without a result. ``EDGEOPT_RUNNER_PROBE=0`` skips the probe.
 """
 
 from __future__ import annotations
@@ -93,8 +97,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=_positive_int, help="runtime threads (default: the profile's, capped to cores)")
     p.add_argument("--spin", choices=("on", "off"),
                    help="onnxruntime: let idle intra-op threads spin (session.intra_op.allow_spinning; default: the "
-                        "runtime's, on)")
-    p.add_argument("--cores", type=_core_list, help="pin to these CPU ids, e.g. 4,5,6,7 (Linux/Android)")
+                        "profile's compute.spinning, else the runtime's, on)")
+    p.add_argument("--cores", type=_core_list, help="pin to these CPU ids, e.g. 4,5,6,7 (Linux/Android; default: the "
+                                                    "profile's compute.affinity: 'fastest' pins to the fastest cores)")
     p.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed runs before each repeat")
     p.add_argument("--runs", type=_positive_int, default=100, help="minimum timed runs per repeat")
     p.add_argument("--min-seconds", type=_non_negative_float, default=5.0, help="minimum timed seconds per repeat")
@@ -807,6 +812,64 @@ def set_affinity(cores):
         raise RunnerExit(EXIT_USAGE, "cannot pin to cores %s: %s" % (cores, e)) from None
 
 
+def profile_compute(manifest):
+    """The bundle profile's ``compute`` mapping ({} when the manifest has none)."""
+    profile = manifest.get("profile")
+    compute = profile.get("compute") if isinstance(profile, dict) else None
+    return compute if isinstance(compute, dict) else {}
+
+
+def core_max_freqs(cpus):
+    """{cpu id: cpuinfo_max_freq in kHz} for the ``cpus`` whose cpufreq tells it (Linux, Android)."""
+    out = {}
+    for cpu in cpus:
+        text = _read_text("/sys/devices/system/cpu/cpu%d/cpufreq/cpuinfo_max_freq" % cpu)
+        if text and text.strip().isdigit():
+            out[cpu] = int(text.strip())
+    return out
+
+
+def pick_affinity(manifest, args):
+    """``config.affinity`` of the result, and the cores to pin to (None: no pinning).
+
+    ``--cores`` wins; else the profile's ``compute.affinity``: ``fastest`` pins to the ``threads`` cores with the
+    highest maximum frequency (ties: the lower ids), when the cores this process may use differ in it; with one
+    core type (or no cpufreq to read) pinning gains nothing and the scheduler keeps its freedom."""
+    if args.cores is not None:
+        return {"mode": "cores", "cores": list(args.cores), "reason": "--cores"}, list(args.cores)
+    mode = profile_compute(manifest).get("affinity", "none")
+    if mode != "fastest":
+        return {"mode": "none", "cores": None, "reason": "profile compute.affinity: none"}, None
+    if not hasattr(os, "sched_getaffinity"):
+        return {"mode": "none", "cores": None, "reason": "no sched_getaffinity on this OS"}, None
+    cpus = sorted(os.sched_getaffinity(0))
+    freqs = core_max_freqs(cpus)
+    if len(freqs) != len(cpus) or len(set(freqs.values())) < 2:
+        why = "every usable core has the same maximum frequency" if len(freqs) == len(cpus) else \
+            "cpufreq gives no maximum frequency for every core"
+        return {"mode": "none", "cores": None, "reason": "profile asks for fastest, but " + why}, None
+    wanted = args.threads or profile_compute(manifest).get("threads") or len(cpus)
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+        wanted = len(cpus)
+    chosen = sorted(sorted(cpus, key=lambda c: (-freqs[c], c))[:wanted])
+    return {"mode": "fastest", "cores": chosen, "reason": "profile compute.affinity: fastest (max kHz %s)"
+            % ",".join(str(freqs[c]) for c in chosen)}, chosen
+
+
+def pick_spinning(manifest, args, backend, runtime):
+    """The ``spinning`` load option: ``--spin``, else the profile's ``compute.spinning`` where the backend has the
+    switch; None leaves the runtime's default."""
+    if args.spin is not None:
+        if not getattr(backend, "supports_spinning", False):
+            raise RunnerExit(EXIT_USAGE, "--spin: runner/%s/backend.py has no spinning setting; drop the flag"
+                             % runtime)
+        return args.spin == "on"
+    wanted = profile_compute(manifest).get("spinning")
+    if isinstance(wanted, bool) and getattr(backend, "supports_spinning", False):
+        return wanted
+    return None
+
+
 def default_threads(manifest, cores):
     """The profile's ``compute.threads``, capped to the CPUs this process may use (all of them without one)."""
     if cores:
@@ -942,9 +1005,12 @@ def run_benchmark(args):
     manifest = load_manifest(bundle)
     art = pick_artifact(manifest, args.artifact, args.runtime)
     runtime = artifact_runtime(art)
-    set_affinity(args.cores)
-    threads = args.threads or default_threads(manifest, args.cores)
+    affinity, cores = pick_affinity(manifest, args)
+    set_affinity(cores)
+    threads = args.threads or default_threads(manifest, cores)
     result = verified_result(args, bundle, manifest, art, runtime, threads)
+    result["config"]["cores"] = cores
+    result["config"]["affinity"] = affinity
     check_tokenizer(result, bundle, manifest)
     if isinstance(art.get("lm"), dict):
         return run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result)
@@ -959,13 +1025,17 @@ def run_benchmark(args):
     targets = execution_targets(manifest, runtime, backend)
     log("%s %s, %s, %d threads, %d samples%s" % (runtime, version, art["file"], threads, k,
                                                 ", on " + ", ".join(targets) if targets else ""))
-    t0 = time.perf_counter()
     artifact_path = os.path.join(bundle, art["file"])
     options = load_options(targets)
-    if args.spin is not None:
-        if not getattr(backend, "supports_spinning", False):
-            raise RunnerExit(EXIT_USAGE, "--spin: runner/%s/backend.py has no spinning setting; drop the flag" % runtime)
-        options["spinning"] = args.spin == "on"
+    spinning = pick_spinning(manifest, args, backend, runtime)
+    if spinning is not None:
+        options["spinning"] = spinning
+    probe_options = dict(options)
+    if "profile" in _parameters(backend.load):  # the probe's run proves nothing about providers: no profile file
+        probe_options["profile"] = False
+    probe_in_child(art["file"], runtime,
+                   lambda: backend.load(artifact_path, threads, **probe_options).run(feeds_list[0]))
+    t0 = time.perf_counter()
     model = _call_runtime("load", art["file"], runtime, lambda: backend.load(artifact_path, threads, **options))
     result["load_ms"] = round((time.perf_counter() - t0) * 1000.0, 4)
     output_names = [spec["name"] for spec in art["outputs"]]
@@ -1167,6 +1237,60 @@ def run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result):
     record_execution(result, session)
     validity(result, args, nonfinite)
     return result
+
+
+def _parameters(function):
+    """The parameter names of ``function`` (none where Python cannot tell, e.g. a builtin)."""
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def probe_in_child(file_name, runtime, run_once):
+    """Run ``run_once`` (load the artifact, run it once) in a forked child first; a native crash of the runtime
+    there (a signal: SIGSEGV, SIGABRT, ...) is exit 4 naming it, not the death of this runner.
+
+    A Python-level failure in the child is left to the real load and run that follow (they report it with its
+    message). Skipped where the OS has no fork and with ``EDGEOPT_RUNNER_PROBE=0``."""
+    import signal
+
+    if not hasattr(os, "fork") or os.environ.get("EDGEOPT_RUNNER_PROBE", "1") == "0":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 0
+        try:
+            run_once()
+        except BaseException:  # noqa: BLE001 - reported by the parent's own run
+            code = 1
+        finally:
+            os._exit(code)
+    while True:
+        try:
+            status = os.waitpid(pid, 0)[1]
+            break
+        except InterruptedError:  # pragma: no cover - retried by Python itself since 3.5
+            continue
+        except KeyboardInterrupt:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "signal %d" % number
+        hint = (" (SIGKILL: out of memory? see dmesg)" if number == getattr(signal, "SIGKILL", None) else
+                ": the artifact is corrupt or this %s build cannot run it; re-package it with edgeopt package "
+                "--force, and check it runs on the host with edgeopt bench --device local" % runtime)
+        raise RunnerExit(EXIT_UNSUPPORTED, "%s crashed with %s loading and running %s once in a child process%s"
+                         % (runtime, name, file_name, hint))
 
 
 def _call_runtime(verb, file_name, runtime, call):

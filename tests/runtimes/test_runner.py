@@ -407,3 +407,60 @@ def test_spin_flag_reaches_onnxruntime_and_the_result(bundle_copy, spin):
     assert schema_errors(result) == []
     assert result["config"]["threads"] == 2  # what the session was created with, not only the flag
     assert result["extra"]["spinning"] is (spin == "on")
+
+
+def _with_compute(bundle: Path, **compute) -> Path:
+    """The bundle with its manifest's profile.compute extended by ``compute`` (the manifest is not hashed)."""
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["profile"]["compute"].update(compute)
+    path.write_text(json.dumps(manifest, indent=2))
+    return bundle
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_the_profiles_spinning_reaches_onnxruntime_and_the_flag_wins(bundle_copy, spinning):
+    _with_compute(bundle_copy, spinning=spinning)
+    proc = run_runner(bundle_copy, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert schema_errors(result) == []
+    assert result["extra"]["spinning"] is spinning
+    flag = "off" if spinning else "on"
+    result = json.loads(run_runner(bundle_copy, *FAST, "--spin", flag).stdout)
+    assert result["extra"]["spinning"] is (flag == "on")
+
+
+def test_affinity_none_and_cores_are_recorded(bundle_copy):
+    _with_compute(bundle_copy, affinity="none")
+    result = json.loads(run_runner(bundle_copy, *FAST).stdout)
+    assert result["config"]["affinity"] == {"mode": "none", "cores": None, "reason": "profile compute.affinity: none"}
+    assert result["config"]["cores"] is None
+    result = json.loads(run_runner(bundle_copy, *FAST, "--cores", "0").stdout)
+    assert result["config"]["affinity"] == {"mode": "cores", "cores": [0], "reason": "--cores"}
+    assert schema_errors(result) == []
+
+
+def test_affinity_fastest_without_core_types_pins_nothing_and_says_why(bundle_copy):
+    """On this host (one core type, or no cpufreq in a VM) 'fastest' leaves the scheduler alone, with the reason."""
+    _with_compute(bundle_copy, affinity="fastest")
+    proc = run_runner(bundle_copy, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["config"]["affinity"]["mode"] == "none" and result["config"]["cores"] is None
+    assert result["config"]["affinity"]["reason"].startswith("profile asks for fastest, but ")
+    assert schema_errors(result) == []
+
+
+def test_affinity_fastest_picks_the_big_cores_of_a_big_little_table(monkeypatch):
+    """The choice itself, on a Snapdragon 8 Gen 2-like table (3 x 2.0 GHz, 4 x 2.8 GHz, 1 x 3.2 GHz): the
+    frequency table stands in for sysfs, which a VM does not have."""
+    khz = {0: 2016000, 1: 2016000, 2: 2016000, 3: 2803200, 4: 2803200, 5: 2803200, 6: 2803200, 7: 3187200}
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(khz), raising=False)
+    monkeypatch.setattr(runner, "core_max_freqs", lambda cpus: {c: khz[c] for c in cpus})
+    args = runner.parse_args(["--bundle", "x"])
+    manifest = {"profile": {"compute": {"threads": 4, "affinity": "fastest"}}}
+    affinity, cores = runner.pick_affinity(manifest, args)
+    assert cores == [3, 4, 5, 7] and affinity["mode"] == "fastest"  # the X3 and three of the A715/A710s
+    args = runner.parse_args(["--bundle", "x", "--threads", "1"])
+    assert runner.pick_affinity(manifest, args)[1] == [7]
