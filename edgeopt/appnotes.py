@@ -10,6 +10,7 @@ the artifact on the first sample of ``inputs.npz`` and prints its max abs differ
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ def ios_package(runtime: Runtime, version: str | None) -> str:
             "use_frameworks!\npod 'TensorFlowLiteSwift'")
 
 
-def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4, targets: list[str] | None = None) -> AppNotes:
+def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4, targets: list[str] | None = None,
+              spinning: bool | None = None, affinity: str = "none") -> AppNotes:
     """Android, iOS and Python snippets for ``artifact`` (a manifest ``artifacts`` entry).
 
     Args:
@@ -96,6 +98,10 @@ def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4, targets: lis
             and ``lm`` for a decoder LM.
         toolchain: the manifest's ``toolchain`` (pip distribution -> version).
         threads: CPU threads the snippets ask for (the profile's ``compute.threads``).
+        spinning: the profile's ``compute.spinning``: onnxruntime snippets set session.intra_op.allow_spinning to
+            it (None: the runtime's default, on). The XNNPACK runtimes have no such switch.
+        affinity: the profile's ``compute.affinity``: with ``fastest`` the Python snippet pins the process to the
+            ``threads`` fastest cores (Android and iOS apps get a comment: neither SDK exposes thread affinity).
         targets: where the profile runs this runtime (``profile.execution``, e.g. ["tensorrt", "cuda"]); the
             onnxruntime Python snippet asks for those providers, then the CPU. None: the CPU.
     Returns:
@@ -106,18 +112,42 @@ def app_notes(artifact: dict, toolchain: dict, *, threads: int = 4, targets: lis
     maven = maven_coordinates(runtime, version)
     gradle = "dependencies {\n" + "".join(f'    implementation("{c}")\n' for c in maven) + "}"
     lm = artifact.get("lm")
-    kotlin = {Runtime.ONNXRUNTIME: _kotlin_ort, Runtime.EXECUTORCH: _kotlin_et, Runtime.LITERT: _kotlin_litert}[
-        runtime](artifact, threads)
-    swift = {Runtime.ONNXRUNTIME: _swift_ort, Runtime.EXECUTORCH: _swift_et, Runtime.LITERT: _swift_litert}[
-        runtime](artifact, threads) if not lm else _swift_lm(runtime, artifact, threads)
+    kotlin = {Runtime.ONNXRUNTIME: functools.partial(_kotlin_ort, spinning=spinning), Runtime.EXECUTORCH: _kotlin_et,
+              Runtime.LITERT: _kotlin_litert}[runtime](artifact, threads)
+    swift = {Runtime.ONNXRUNTIME: functools.partial(_swift_ort, spinning=spinning), Runtime.EXECUTORCH: _swift_et,
+             Runtime.LITERT: _swift_litert}[runtime](artifact, threads) if not lm else _swift_lm(
+        runtime, artifact, threads, spinning=spinning)
     providers = ort_providers(targets)
-    python = _hoist_imports(_python_lm(runtime, artifact, threads, providers) if lm
-                            else _python(runtime, artifact, threads, providers))
+    python = _hoist_imports(_pin_fastest(threads, affinity) + (
+        _python_lm(runtime, artifact, threads, providers, spinning=spinning) if lm
+        else _python(runtime, artifact, threads, providers, spinning=spinning)))
+    if affinity == "fastest":
+        note = (f"// the profile runs the {threads} threads on the fastest cores (compute.affinity: fastest); neither\n"
+                "// SDK sets thread affinity: keep inference off the UI thread (on Android, pin from native code)\n")
+        kotlin, swift = note + kotlin, note + swift
     notes = _notes(runtime, artifact, version)
     return AppNotes(runtime, version, maven, gradle, kotlin, ios_package(runtime, version), swift, python, notes)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def _spin_value(spinning: bool | None) -> str | None:
+    """session.intra_op.allow_spinning's value for ``spinning`` (None: leave onnxruntime's default)."""
+    return None if spinning is None else ("1" if spinning else "0")
+
+
+def _pin_fastest(threads: int, affinity: str) -> str:
+    """Python lines pinning the process to the ``threads`` fastest cores, for ``affinity: fastest``."""
+    if affinity != "fastest":
+        return ""
+    return ("import os\n\n"
+            f"try:  # the profile's compute.affinity (fastest): pin to the {threads} cores of highest maximum frequency\n"
+            "    cpus = sorted(os.sched_getaffinity(0))\n"
+            "    khz = {c: int(open(f\"/sys/devices/system/cpu/cpu{c}/cpufreq/cpuinfo_max_freq\").read()) for c in cpus}\n"
+            f"    os.sched_setaffinity(0, sorted(cpus, key=lambda c: -khz[c])[:{threads}])\n"
+            "except (AttributeError, OSError, ValueError):  # no affinity or cpufreq here: the OS schedules\n"
+            "    pass\n\n")
 
 
 def _shape(spec: dict) -> list[int]:
@@ -224,14 +254,18 @@ def _count(spec: dict) -> str:
     return "n" if fixed == 1 else f"{fixed} * n"
 
 
-def _kotlin_ort(art: dict, threads: int) -> str:
+def _kotlin_ort(art: dict, threads: int, spinning: bool | None = None) -> str:
     lm = art.get("lm")
     buffers = {"FloatBuffer", "LongBuffer"} if lm else {
         kt[2] for kt in (_kt(s["dtype"]) for s in art["inputs"]) if kt and kt[2]}
     lines = ["import ai.onnxruntime.OnnxTensor", "import ai.onnxruntime.OrtEnvironment",
              "import ai.onnxruntime.OrtSession", *(f"import java.nio.{b}" for b in sorted(buffers)), "",
              "val env = OrtEnvironment.getEnvironment()",
-             f"val options = OrtSession.SessionOptions().apply {{ setIntraOpNumThreads({threads}) }}",
+             (f"val options = OrtSession.SessionOptions().apply {{ setIntraOpNumThreads({threads}) }}"
+              if _spin_value(spinning) is None else
+              f"val options = OrtSession.SessionOptions().apply {{\n    setIntraOpNumThreads({threads})\n"
+              f"    addConfigEntry(\"session.intra_op.allow_spinning\", \"{_spin_value(spinning)}\")  "
+              "// the profile's compute.spinning\n}"),
              f"val session = env.createSession(context.assets.open(\"{art['file']}\").readBytes(), options)"]
     if lm:
         return "\n".join(lines + ["", *_kotlin_ort_lm(art, lm)])
@@ -472,11 +506,11 @@ def _kotlin_litert_lm(art: dict, lm: dict, threads: int) -> str:
 # ------------------------------------------------------------------------------------------ Swift
 
 
-def _swift_ort(art: dict, threads: int) -> str:
+def _swift_ort(art: dict, threads: int, spinning: bool | None = None) -> str:
     lines = ["import onnxruntime_objc", "",
              "let env = try ORTEnv(loggingLevel: .warning)",
              "let options = try ORTSessionOptions()",
-             f"try options.setIntraOpNumThreads({threads})",
+             f"try options.setIntraOpNumThreads({threads})", *_swift_spin(spinning),
              (f"let path = Bundle.main.path(forResource: \"{art['file'].rsplit('.', 1)[0]}\", "
              f"ofType: \"{art['file'].rsplit('.', 1)[-1]}\")!"),
              "let session = try ORTSession(env: env, modelPath: path, sessionOptions: options)"]
@@ -550,7 +584,13 @@ def _swift_litert(art: dict, threads: int) -> str:
     return "\n".join(lines)
 
 
-def _swift_lm(runtime: Runtime, art: dict, threads: int) -> str:
+def _swift_spin(spinning: bool | None) -> list[str]:
+    value = _spin_value(spinning)
+    return [] if value is None else [f"try options.addConfigEntry(withKey: \"session.intra_op.allow_spinning\", "
+                                     f"value: \"{value}\")  // the profile's compute.spinning"]
+
+
+def _swift_lm(runtime: Runtime, art: dict, threads: int, spinning: bool | None = None) -> str:
     """The first (prefill) call of a decoder LM on iOS; decode repeats it with one token."""
     lm = art["lm"]
     base, ext = art["file"].rsplit(".", 1)
@@ -575,7 +615,8 @@ def _swift_lm(runtime: Runtime, art: dict, threads: int) -> str:
         past, present = list(lm.get("past_inputs") or []), list(lm.get("present_outputs") or [])
         mask = lm.get("attention_mask")
         lines = ["import onnxruntime_objc", "", "let env = try ORTEnv(loggingLevel: .warning)",
-                 "let options = try ORTSessionOptions()", f"try options.setIntraOpNumThreads({threads})", path,
+                 "let options = try ORTSessionOptions()", f"try options.setIntraOpNumThreads({threads})",
+                 *_swift_spin(spinning), path,
                  "let session = try ORTSession(env: env, modelPath: path, sessionOptions: options)",
                  ("func int64s(_ v: [Int64]) -> NSMutableData { var v = v; return NSMutableData(bytes: &v, "
                  "length: v.count * 8) }"),
@@ -638,7 +679,8 @@ def host(name):
 '''
 
 
-def _python(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
+def _python(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None,
+            spinning: bool | None = None) -> str:
     feeds = []
     for spec in art["inputs"]:
         np_dtype = _NP.get(str(spec["dtype"]))
@@ -659,7 +701,7 @@ def _python(runtime: Runtime, art: dict, threads: int, providers: list[str] | No
                  f"bucket = min(b for b in {list(buckets['buckets'])!r} if b >= n)  # the smallest length bucket "
                  "that holds n\n"
                  f"feeds = {{k: v[:, :bucket] if k in {seq!r} else v for k, v in feeds.items()}}\n")
-    text += python_run(runtime, art, threads, providers)
+    text += python_run(runtime, art, threads, providers, spinning=spinning)
     if buckets:
         seq_out = tuple(buckets.get("outputs") or ())
         text += (f"diff = max(float(np.max(np.abs((outputs[k][:, :n] if k in {seq_out!r} else outputs[k]) - "
@@ -689,13 +731,20 @@ def ort_providers(targets: list[str] | None) -> list[str] | None:
     return [*names, "CPUExecutionProvider"]
 
 
-def python_run(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
+def _py_spin(spinning: bool | None) -> str:
+    value = _spin_value(spinning)
+    return "" if value is None else (f"options.add_session_config_entry(\"session.intra_op.allow_spinning\", "
+                                     f"\"{value}\")  # the profile's compute.spinning\n")
+
+
+def python_run(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None,
+               spinning: bool | None = None) -> str:
     """Python lines that run ``art`` on a ``feeds`` dict (input name -> array, in manifest order) and leave the
     results in ``outputs`` (output name -> array); imports are hoisted by ``_hoist_imports``."""
     names = [s["name"] for s in art["outputs"]]
     if runtime is Runtime.ONNXRUNTIME:
         return ("import onnxruntime as ort\n\n"
-                f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
+                f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n" + _py_spin(spinning) +
                 f"session = ort.InferenceSession(\"{art['file']}\", options, providers={json.dumps(providers or ['CPUExecutionProvider'])})\n"
                 f"names = {names!r}\n"
                 "outputs = dict(zip(names, session.run(names, feeds)))\n")
@@ -732,7 +781,8 @@ _PY_HOST_TRIMMED = '''def host(name, trimmed=False):
 '''
 
 
-def _python_lm(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None) -> str:
+def _python_lm(runtime: Runtime, art: dict, threads: int, providers: list[str] | None = None,
+               spinning: bool | None = None) -> str:
     """Greedy generation from the first stored prompt, compared token by token with the host's."""
     lm = art["lm"]
     head = ("import numpy as np\n\n"
@@ -743,7 +793,7 @@ def _python_lm(runtime: Runtime, art: dict, threads: int, providers: list[str] |
     if runtime is Runtime.ONNXRUNTIME:
         mask = lm.get("attention_mask")
         body = ("import onnxruntime as ort\n\n"
-                f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n"
+                f"options = ort.SessionOptions()\noptions.intra_op_num_threads = {threads}\n" + _py_spin(spinning) +
                 f"session = ort.InferenceSession(\"{art['file']}\", options, providers={json.dumps(providers or ['CPUExecutionProvider'])})\n"
                 f"past_names = {list(lm['past_inputs'])!r}\n"
                 f"outputs = [{lm.get('logits', 'logits')!r}] + {list(lm['present_outputs'])!r}\n"

@@ -71,6 +71,17 @@ def _cpu_ghz(proc_mhz: float | None) -> float:
     return 2.0
 
 
+def _core_types() -> int:
+    """How many distinct maximum frequencies the CPUs have (cpufreq); 1 where it cannot tell."""
+    freqs = set()
+    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq"):
+        try:
+            freqs.add(int(path.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return max(1, len(freqs))
+
+
 def _measure_copy_gbps(seconds: float = 0.3) -> float:
     """Best-of copy bandwidth of a 64 MiB array (past most L3 caches), counting read + write.
 
@@ -133,6 +144,8 @@ def detect_profile(name: str = "this-machine") -> dict:
     }
     if flags & _FP16_MATH_FLAGS:
         compute["fp16_gflops"] = round(fp32 * 2, 1)  # fp16 lanes are twice as many per vector
+    compute["spinning"] = False  # a spinning idle thread takes the core the rest of the machine needs
+    compute["affinity"] = "fastest" if _core_types() > 1 else "none"  # big.LITTLE / P+E cores: the big ones
     data = {
         "schema_version": SCHEMA_VERSION,
         "name": name,

@@ -76,6 +76,15 @@ class Compute:
     memory_bandwidth_gbps: float
     fp16_gflops: float | None = None
     int4_gops: float | None = None
+    # How the runtimes' intra-op threads behave (the bundle's runner and app snippets apply it): ``spinning``
+    # lets idle threads busy-wait for the next op (onnxruntime's session.intra_op.allow_spinning; the XNNPACK
+    # runtimes have no switch), ``affinity`` is ``none`` (the OS schedules) or ``fastest`` (pin to the
+    # ``threads`` cores with the highest maximum frequency: the big cores of a big.LITTLE SoC).
+    spinning: bool = False
+    affinity: str = "none"
+
+
+AFFINITIES = ("none", "fastest")
 
 
 @dataclass(frozen=True)
@@ -415,6 +424,20 @@ def _ratio(value: Any) -> float:
     return number
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_show(value)} (write true or false, without quotes)")
+    return value
+
+
+def _affinity(value: Any) -> str:
+    text = _text(value).strip().lower()
+    if text not in AFFINITIES:
+        raise _Bad(f"must be one of {', '.join(AFFINITIES)}, got {_show(value)} "
+                   f"({_did_you_mean(str(value), AFFINITIES)}: 'fastest' pins the threads to the fastest cores)")
+    return text
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise _Bad(f"must be a string, got {_show(value)} (put the text in quotes)")
@@ -557,6 +580,8 @@ _SCHEMA = _Section({
         "memory_bandwidth_gbps": _Key(_positive_number(), example="40"),
         "fp16_gflops": _Key(_positive_number(), required=False, nullable=True),
         "int4_gops": _Key(_positive_number(), required=False, nullable=True),
+        "spinning": _Key(_bool, required=False),
+        "affinity": _Key(_affinity, required=False),
     }),
     "runtimes": _Key(_enum_list(Runtime, "runtime"), example="[executorch, litert, onnxruntime]"),
     "execution": _Section({r.value: _Key(_enum_list(Target, "execution target"), required=False)

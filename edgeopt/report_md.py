@@ -256,11 +256,14 @@ def bundle_readme(manifest: dict) -> str:
     from edgeopt.tokenizer_bundle import readme_section
 
     art = manifest["artifacts"][0]
-    threads = int(((manifest.get("profile") or {}).get("compute") or {}).get("threads") or 4)
+    compute = (manifest.get("profile") or {}).get("compute") or {}
+    threads = int(compute.get("threads") or 4)
+    spinning = compute.get("spinning") if isinstance(compute.get("spinning"), bool) else None
     execution = (manifest.get("profile") or {}).get("execution")
     targets = execution.get(art.get("runtime")) if isinstance(execution, dict) else None
     notes = app_notes(art, manifest.get("toolchain", {}), threads=threads,
-                      targets=targets if isinstance(targets, list) else None)
+                      targets=targets if isinstance(targets, list) else None, spinning=spinning,
+                      affinity=compute.get("affinity") if compute.get("affinity") in ("none", "fastest") else "none")
     version = notes.version or "(not recorded: see manifest.json)"
 
     def io_lines(specs):

@@ -201,3 +201,35 @@ def test_onnx_snippets_ask_for_the_profiles_execution_providers():
     lm = dict(art, lm={"past_inputs": ["past.0.key"], "present_outputs": ["present.0.key"], "num_kv_heads": 2,
                        "head_dim": 8, "prompt_len": 8, "context_len": 32, "cache": "explicit"})
     assert 'providers=["CUDAExecutionProvider", "CPUExecutionProvider"]' in app_notes(lm, {}, targets=["cuda"]).python
+
+
+_ART = {"runtime": "onnxruntime", "file": "model.onnx", "precision": "int8",
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [1, 8]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 4]}]}
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_onnxruntime_snippets_carry_the_profiles_spinning(spinning):
+    value = "1" if spinning else "0"
+    notes = app_notes(_ART, {"onnxruntime": "1.31.1"}, threads=4, spinning=spinning)
+    assert f'addConfigEntry("session.intra_op.allow_spinning", "{value}")' in notes.kotlin
+    assert f'addConfigEntry(withKey: "session.intra_op.allow_spinning", value: "{value}")' in notes.swift
+    assert f'options.add_session_config_entry("session.intra_op.allow_spinning", "{value}")' in notes.python
+    unset = app_notes(_ART, {"onnxruntime": "1.31.1"}, threads=4)  # no profile value: the runtime's default
+    assert "allow_spinning" not in unset.kotlin + unset.swift + unset.python
+    for runtime in ("executorch", "litert"):  # the XNNPACK runtimes have no switch: nothing is claimed
+        other = app_notes({**_ART, "runtime": runtime, "file": "model.x"}, {}, threads=4, spinning=spinning)
+        assert "spinning" not in other.kotlin + other.swift + other.python
+
+
+def test_affinity_fastest_pins_in_python_and_says_so_on_the_phone(tmp_path):
+    notes = app_notes(_ART, {"onnxruntime": "1.31.1"}, threads=2, affinity="fastest")
+    assert "compute.affinity: fastest" in notes.kotlin and "compute.affinity: fastest" in notes.swift
+    assert "os.sched_setaffinity(0, sorted(cpus, key=lambda c: -khz[c])[:2])" in notes.python
+    assert "sched_setaffinity" not in app_notes(_ART, {}, threads=2).python
+    # the pinning lines run as written (here without cpufreq they leave the scheduler alone, without an error)
+    prelude = notes.python.split("samples = np.load")[0].replace("import numpy as np\n", "").replace(
+        "import onnxruntime as ort\n", "")
+    proc = subprocess.run([sys.executable, "-c", prelude + "\nprint(sorted(os.sched_getaffinity(0)))"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -315,7 +315,7 @@ CASES = {
     "unknown key": (
         "int8_gops: 300", "int8_gop: 300",
         ":15: compute.int8_gop is not a known key; allowed here: threads, fp32_gflops, int8_gops, "
-        "memory_bandwidth_gbps, fp16_gflops, int4_gops (did you mean 'int8_gops'?)"),
+        "memory_bandwidth_gbps, fp16_gflops, int4_gops, spinning, affinity (did you mean 'int8_gops'?)"),
     "key in wrong section": (
         "  ram_gb: 4\n", "  ram_gb: 4\n  seq_len: 64\n",
         ":8: device.seq_len is not a known key; allowed here: arch, cores, ram_gb, cpu "
@@ -470,3 +470,24 @@ def test_fuzz_yaml_text_edits_load_or_raise_profile_error(position, cut, inserte
         Profile.from_dict(parse_profile_yaml(text, "fuzz.yaml"), source="fuzz.yaml")
     except ProfileError as e:
         assert str(e).startswith("fuzz.yaml")
+
+
+def test_threading_keys_default_off_and_none_and_are_checked(board):
+    plain = load_profile(board())
+    assert (plain.compute.spinning, plain.compute.affinity) == (False, "none")
+    text = VALID_YAML.replace("  memory_bandwidth_gbps: 10\n",
+                              "  memory_bandwidth_gbps: 10\n  spinning: true\n  affinity: fastest\n", 1)
+    set_ = load_profile(board(text))
+    assert (set_.compute.spinning, set_.compute.affinity) == (True, "fastest")
+    assert set_.to_dict()["compute"]["affinity"] == "fastest"
+    bad = VALID_YAML.replace("  memory_bandwidth_gbps: 10\n",
+                             "  memory_bandwidth_gbps: 10\n  spinning: \"no\"\n  affinity: big\n", 1)
+    message = load_error(board(bad))
+    assert "compute.spinning must be true or false, got 'no' (write true or false, without quotes)" in message
+    assert "compute.affinity must be one of none, fastest, got 'big'" in message
+
+
+def test_builtin_threading_choices():
+    by_name = {p.name: p for p in load_builtin_profiles()}
+    assert by_name["arm-mobile"].compute.affinity == "fastest"  # big.LITTLE: the big cores
+    assert all(not p.compute.spinning for p in by_name.values())
