@@ -105,8 +105,12 @@ class RuntimeCost:
 #   chain costs: each op's work is split over the thread pool and joined, and small GEMMs run below the
 #   large ones' rate; the fitted per-op term carries both.
 # * base_rss_bytes: the Python runner with the runtime imported and a model loaded, before its weights: the
-#   import alone (python + numpy + runtime) is 44.3 MiB for onnxruntime, 354.5 for executorch (its pybindings
-#   import torch and torchao) and 34.3 for ai_edge_litert; the fit adds session and arena set-up.
+#   import alone (python + numpy + runtime) is 44.3 MiB for onnxruntime and 34.3 for ai_edge_litert; the fit adds
+#   session and arena set-up. executorch is planned with what an app embedding its C++ runtime pays, measured
+#   with edgeopt's light runner (runtimes/executorch/light.cpp: the wheel's libexecutorch*, XNNPACK and kernels
+#   behind ctypes, no torch; Dec 2026): 29.1 MiB imported, 58.2 MiB base (int8 MiniLM: 81.8 MiB peak, predicted
+#   82). Its Python pybindings import torch and torchao: 354.5 MiB imported, 383.4 base, 401.6 peak for the same
+#   model - a cost of the Python harness, not of an app, which `edgeopt bench` reports as runner: pybindings.
 # * weight_rss_factor: resident bytes per stored weight byte, floored at 1. fp16 is unpacked to fp32 by
 #   XNNPACK in LiteRT (3.3: the mapped file + an fp32 copy) and partly by onnxruntime's CPU EP (1.7).
 # * op_rss_bytes: LiteRT keeps ~218 KiB per op (XNNPACK packed-weight headers and per-op workspace).
@@ -123,7 +127,7 @@ RUNTIME_COSTS: dict[Runtime, RuntimeCost] = {
     Runtime.EXECUTORCH: RuntimeCost(
         overhead_bytes=int(3.0 * MB), per_op_overhead_ms=0.0178, activation_factor=0.5,
         per_call_overhead_ms=0.0224, artifact_base_bytes=1392, artifact_bytes_per_op=84,
-        base_rss_bytes=int(383.4 * MB), import_rss_bytes=int(354.5 * MB),
+        base_rss_bytes=int(58.2 * MB), import_rss_bytes=int(29.1 * MB),
         efficiency={_FP32: 1.342, _FP16: 0.489, _INT8: 0.796, _INT4: 0.384},
         weight_rss_factor={_FP32: 1.0, _FP16: 1.0, _INT8: 1.0, _INT4: 1.0}),
     Runtime.LITERT: RuntimeCost(

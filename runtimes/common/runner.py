@@ -1235,6 +1235,7 @@ def run_lm_benchmark(args, bundle, manifest, art, runtime, threads, result):
                               lambda: check_lm_quality(result, session, samples, prompt_len))
     result["peak_rss_mb"] = peak_rss_mb()
     record_execution(result, session)
+    record_runner(result, session)
     validity(result, args, nonfinite)
     return result
 

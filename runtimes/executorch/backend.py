@@ -218,6 +218,8 @@ def load_pybindings(path, threads):
 class EtLmSession:
     """A decoder LM with its KV cache inside the program (``lm["cache"] == "in_program"``).
 
+    Runs in the pybindings (torch in the process): ``runner`` says so in the result.
+
     The method is ``forward(input_ids [1, T], cache_position [T]) -> logits [1, T, vocab]``; with
     ``lm["dynamic_prefill"]`` T may be 1..prompt_len, else it is exactly prompt_len and chunks are padded (the
     padded positions are written to the cache but lie past ``position``: masked now, overwritten later).
@@ -233,6 +235,7 @@ class EtLmSession:
         self.prompt_len = int(lm["prompt_len"])
         self.dynamic = bool(lm.get("dynamic_prefill", True))
         self.threads = threads
+        self.runner = "pybindings"
         self._program = None
         self._method = None
         self.position = 0
