@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@# the light ExecuTorch runner (no torch in the runner process); optional: without g++ the pybindings run
+	-PYTHON=$(BIN)/python sh scripts/build_et_light.sh || echo "light ExecuTorch runner not built (needs g++)"
 	@touch $(STAMP)
 
 install: $(STAMP)

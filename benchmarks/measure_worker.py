@@ -50,7 +50,9 @@ def _runtime_runner(kind: str, path: str, threads: int, input_names):
     backend = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(backend)
     model = backend.load(path, threads)
-    return lambda feeds: model.run({n: feeds[n] for n in input_names})
+    run = lambda feeds: model.run({n: feeds[n] for n in input_names})  # noqa: E731
+    run.runner = getattr(model, "runner", folder)  # executorch: light (no torch) or pybindings
+    return run
 
 
 def main() -> None:
@@ -88,7 +90,7 @@ def main() -> None:
         times.append((time.perf_counter() - t) * 1000)
     np.save(args.outputs, np.stack(outs))
     print(json.dumps({"p50_ms": statistics.median(times), "min_ms": min(times), "load_ms": load_ms,
-                      "peak_rss_mb": _peak_rss_mb()}))
+                      "peak_rss_mb": _peak_rss_mb(), "runner": getattr(run, "runner", args.kind)}))
 
 
 if __name__ == "__main__":
