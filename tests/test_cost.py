@@ -163,3 +163,33 @@ def test_delivery_and_fit_at_the_storage_boundaries():
     assert fit_reasons(at(32 * MB + 1), one, INT8) == ["exceeds model_storage_mb: 33 > 32"]
     rows = fit_table(_stats(), [prof])
     assert {r["delivery"] for r in rows} == {"bundled"} and all(r["fits"] for r in rows)
+
+
+def test_lm_int4_tables_and_the_tied_head_per_runtime():
+    """A decoder LM's tables are int4 at int4; a tied head is a second quantized copy in ExecuTorch and LiteRT,
+    shared at int4 in ONNX (the numbers are SmolLM2-135M's real .onnx int4 file: 80.4 MiB)."""
+    import dataclasses
+
+    from edgeopt.analysis import ModelStats
+    from edgeopt.formats import Precision, Runtime
+    from edgeopt.planner.cost import weight_bytes
+
+    fields = {f.name: None for f in dataclasses.fields(ModelStats)}
+    layer = ((576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536))
+    linear = sum(r * c for r, c in layer) * 30
+    table = 49152 * 576
+    stats = ModelStats(**{**fields, "model_name": "smollm2-shape", "family": "decoder", "params_total":
+                          linear + table + 576 * 61, "params_by_kind": {}, "quantizable_linear_params": linear,
+                          "embedding_params": table, "linear_layers": 210, "embedding_layers": 1, "tied_head": True,
+                          "bytes_at": {}, "flops": 0, "activation_peak_bytes": 0, "kv_cache_bytes": 0, "batch": 1,
+                          "seq_len": 128, "linear_shapes": layer * 30, "embedding_shapes": ((49152, 576),)})
+    int4_table = 49152 * 288 + 49152 * 18 * 4
+    onnx = weight_bytes(stats, Precision.INT4, runtime=Runtime.ONNXRUNTIME)
+    assert onnx / 2**20 == pytest.approx(80.3, abs=0.1)
+    for runtime in (Runtime.EXECUTORCH, Runtime.LITERT):
+        assert weight_bytes(stats, Precision.INT4, runtime=runtime) == onnx + int4_table
+    int8 = weight_bytes(stats, Precision.INT8, runtime=Runtime.ONNXRUNTIME)  # int8: twice everywhere
+    assert int8 == weight_bytes(stats, Precision.INT8, runtime=Runtime.EXECUTORCH)
+    assert int8 - weight_bytes(stats, Precision.INT8) == table + 49152 * 4
+    encoder = dataclasses.replace(stats, family="encoder", tied_head=False)  # encoders keep int8 tables at int4
+    assert weight_bytes(encoder, Precision.INT4) - weight_bytes(stats, Precision.INT4) == table + 49152 * 4 - int4_table
