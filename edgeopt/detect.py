@@ -71,6 +71,20 @@ def _cpu_ghz(proc_mhz: float | None) -> float:
     return 2.0
 
 
+# /proc/cpuinfo flag -> device.isa feature (x86 flags keep their names; Arm's "Features" are renamed)
+_ISA_FLAGS = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni",
+              "avx_vnni": "avx_vnni", "amx_int8": "amx_int8", "asimd": "neon", "asimddp": "dotprod",
+              "i8mm": "i8mm", "asimdhp": "fp16"}
+
+
+def isa_features(flags: set[str]) -> list[str]:
+    """The profile's ``device.isa`` for these CPU flags, in ``ISA_FEATURES`` order."""
+    from edgeopt.profiles import ISA_FEATURES
+
+    have = {_ISA_FLAGS[f] for f in flags if f in _ISA_FLAGS}
+    return [name for name in ISA_FEATURES if name in have]
+
+
 def _core_types() -> int:
     """How many distinct maximum frequencies the CPUs have (cpufreq); 1 where it cannot tell."""
     freqs = set()
@@ -151,7 +165,8 @@ def detect_profile(name: str = "this-machine") -> dict:
         "name": name,
         "description": f"this machine: {cpu}, {logical} logical / {physical} physical cores at {ghz:.2f} GHz; "
         f"flags: {' '.join(f for f in _REPORTED_FLAGS if f in flags) or 'none found'}",
-        "device": {"arch": arch, "cores": logical, "ram_gb": round(max(ram / 2**30, 0.01), 2), "cpu": cpu},
+        "device": {"arch": arch, "cores": logical, "ram_gb": round(max(ram / 2**30, 0.01), 2), "cpu": cpu,
+                   **({"isa": isa_features(flags)} if isa_features(flags) else {})},
         "limits": {
             "model_ram_mb": max(1, int(ram / 2**20 * 0.25)),  # a quarter of RAM: the rest is the OS and the app
             "model_storage_mb": max(1, min(16384, int(free_mb * 0.25))),

@@ -144,6 +144,7 @@ def _package(profile, model, *, out, runtime, precision, activations, all_format
     with BundleWriter(target, force=force, protected=protected) as writer:
         data = _Data(loaded, shapes.batch, shapes.seq_len, recover_seconds,
                      threads=min(profile.compute.threads, host_threads), lm=_is_lm(loaded))
+        data.isa = tuple(profile.device.isa)
         if _is_lm(loaded):
             data.prepare_lm(loaded, shapes, say)
         work = writer.staging / ".work"
@@ -215,6 +216,7 @@ class _Data:
         self.recover_seconds = recover_seconds
         self.threads = max(1, min(threads, os.cpu_count() or 1))
         self.lm = None  # quality.LMData for decoder LMs (prepare_lm)
+        self.isa: tuple[str, ...] = ()  # the profile's device.isa: ONNX picks its int8 kernels by it
         self._pruned: dict = {}
         self.eval = loaded.sample_inputs(EVAL_SAMPLES, batch=batch, seq_len=seq_len, split="eval")
         self.calibration = loaded.sample_inputs(CALIBRATION_SAMPLES, batch=batch, seq_len=seq_len, split="calibration")
@@ -425,7 +427,8 @@ def _export(packager, runtime: Runtime, loaded, scheme, work: Path, data: _Data)
 
     check_build(getattr(loaded.config, "model_type", None), runtime, scheme.precision)
     if data.lm is None:
-        return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration)
+        kw = {"isa": data.isa} if runtime is Runtime.ONNXRUNTIME and data.isa else {}
+        return packager.export(loaded, scheme, work, shapes=data.shapes, calibration=data.calibration, **kw)
     from edgeopt.packagers.lm import export_lm, release_memory
 
     release_memory()  # the previous attempt's converter state and artifact buffers, before this one allocates

@@ -44,6 +44,20 @@ class DeviceSpec:
     cores: int
     ram_gb: float
     cpu: str = ""  # named hardware, e.g. "Snapdragon 8 Gen 2 (1x X3 + 2x A715 + 2x A710 + 3x A510)"
+    # CPU features the int8 kernels depend on (ISA_FEATURES), e.g. (avx2, fma, avx512_vnni); () = not stated:
+    # packagers then assume none (ONNX dynamic int8 stores uint8 weights, right on every CPU)
+    isa: tuple[str, ...] = ()
+
+
+# The CPU features a profile may name in device.isa, and what edgeopt does with them.
+ISA_FEATURES = {
+    "avx2": "x86 256-bit integer SIMD", "fma": "x86 fused multiply-add", "f16c": "x86 fp16 conversion",
+    "avx512f": "x86 512-bit SIMD",
+    "avx512_vnni": "x86 int8 dot product (vpdpbusd, int32 sums): ONNX dynamic int8 stores int8 weights (U8S8)",
+    "avx_vnni": "x86 int8 dot product on 256-bit vectors: as avx512_vnni",
+    "amx_int8": "x86 AMX int8 tiles", "neon": "Arm Advanced SIMD", "dotprod": "Arm SDOT/UDOT int8 dot product",
+    "i8mm": "Arm int8 matrix multiply (SMMLA)", "fp16": "Arm fp16 arithmetic",
+}
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,8 @@ class Profile:
         raw.pop("execution")
         if not self.execution.on_cpu_only:
             raw["execution"] = {r.value: list(self.execution.targets(r)) for r in self.runtimes}
+        if not raw["device"].get("isa"):  # unset: as before the key existed
+            raw["device"].pop("isa", None)
         if raw["limits"].get("model_download_mb") is None:  # unset: one storage budget, as before the key existed
             raw["limits"].pop("model_download_mb", None)
         if not raw["targets"]["fidelity"].get("by_precision"):
@@ -424,6 +440,21 @@ def _ratio(value: Any) -> float:
     return number
 
 
+def _isa(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Bad(f"must be a list of CPU features from {', '.join(ISA_FEATURES)}, got {_show(value)} "
+                   f"(write e.g. [avx2, fma], or leave the key out)")
+    out: list[str] = []
+    for item in value:
+        name = str(item).strip().lower()
+        if name not in ISA_FEATURES:
+            raise _Bad(f"names an unknown CPU feature {_show(item)} ({_did_you_mean(str(item), ISA_FEATURES)}; "
+                       f"known: {', '.join(ISA_FEATURES)})")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, got {_show(value)} (write true or false, without quotes)")
@@ -566,6 +597,7 @@ _SCHEMA = _Section({
         "cores": _Key(_positive_int(), example="8"),
         "ram_gb": _Key(_positive_number("gb"), example="8"),
         "cpu": _Key(_text, required=False),
+        "isa": _Key(_isa, required=False),
     }),
     "limits": _Section({
         "model_ram_mb": _Key(_positive_int("mb"), example="512"),

@@ -282,7 +282,7 @@ CASES = {
         ":11: limits.model_download_mb must be a positive integer, got -1024 (write 1024)"),
     "download in wrong section": (
         "  ram_gb: 4\n", "  ram_gb: 4\n  model_download_mb: 1024\n",
-        ":8: device.model_download_mb is not a known key; allowed here: arch, cores, ram_gb, cpu "
+        ":8: device.model_download_mb is not a known key; allowed here: arch, cores, ram_gb, cpu, isa "
         "(it belongs under limits: move it there)"),
     "zero": (
         "fp32_gflops: 75", "fp32_gflops: 0",
@@ -318,7 +318,7 @@ CASES = {
         "memory_bandwidth_gbps, fp16_gflops, int4_gops, spinning, affinity (did you mean 'int8_gops'?)"),
     "key in wrong section": (
         "  ram_gb: 4\n", "  ram_gb: 4\n  seq_len: 64\n",
-        ":8: device.seq_len is not a known key; allowed here: arch, cores, ram_gb, cpu "
+        ":8: device.seq_len is not a known key; allowed here: arch, cores, ram_gb, cpu, isa "
         "(it belongs under shapes: move it there)"),
     "schema version": (
         "schema_version: 1", "schema_version: 2",
@@ -491,3 +491,15 @@ def test_builtin_threading_choices():
     by_name = {p.name: p for p in load_builtin_profiles()}
     assert by_name["arm-mobile"].compute.affinity == "fastest"  # big.LITTLE: the big cores
     assert all(not p.compute.spinning for p in by_name.values())
+
+
+def test_device_isa_is_checked_and_detect_names_the_hosts(board):
+    text = VALID_YAML.replace("  ram_gb: 4\n", "  ram_gb: 4\n  isa: [neon, DotProd, neon]\n", 1)
+    assert load_profile(board(text)).device.isa == ("neon", "dotprod")  # lower-cased, duplicates dropped
+    assert "isa" not in load_profile(board()).to_dict()["device"]  # unset: left out, as before the key
+    bad = VALID_YAML.replace("  ram_gb: 4\n", "  ram_gb: 4\n  isa: [avx512vnni]\n", 1)
+    assert "device.isa names an unknown CPU feature 'avx512vnni' (did you mean 'avx512_vnni'?" in load_error(board(bad))
+    from edgeopt.detect import isa_features
+
+    assert isa_features({"avx2", "fma", "avx512f", "avx512_vnni", "sse4_2"}) == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    assert isa_features({"asimd", "asimddp", "asimdhp", "i8mm"}) == ["neon", "dotprod", "i8mm", "fp16"]

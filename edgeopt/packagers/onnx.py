@@ -86,8 +86,9 @@ class OnnxPackager:
                 "onnxruntime": onnxruntime.__version__}
 
     def export(self, loaded: LoadedModel, scheme: QuantScheme, work_dir: Path, *, shapes: tuple[int, int],
-               calibration: list[tuple]) -> Artifact:
-        """Write model.onnx (+ model.ort and its operator list) for ``scheme`` under ``work_dir``.
+               calibration: list[tuple], isa: tuple[str, ...] = ()) -> Artifact:
+        """Write model.onnx (+ model.ort and its operator list) for ``scheme`` under ``work_dir``; ``isa``: the
+        target device's CPU features (the profile's ``device.isa``), which pick dynamic int8's kernels.
 
         Raises:
             UnsupportedError: a scheme this format cannot build (the message says why).
@@ -121,7 +122,7 @@ class OnnxPackager:
                                    "kept_fp32_ops": list(FP16_KEEP_FP32)}
             else:
                 coverage, details["quantization"] = onnx_quant.quantize(fp32_path, built, scheme, feeds,
-                                                                         module_names=module_names)
+                                                                         module_names=module_names, isa=isa)
             fp32_path.unlink(missing_ok=True)
             details["graph_optimization"] = _optimize_offline(built, path, parity_feeds)
             ort_files, details["ort_format"] = _to_ort_format(path, parity_feeds)
