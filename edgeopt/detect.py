@@ -158,6 +158,7 @@ def detect_profile(name: str = "this-machine") -> dict:
     }
     if flags & _FP16_MATH_FLAGS:
         compute["fp16_gflops"] = round(fp32 * 2, 1)  # fp16 lanes are twice as many per vector
+    isa = isa_features(flags)
     compute["spinning"] = False  # a spinning idle thread takes the core the rest of the machine needs
     compute["affinity"] = "fastest" if _core_types() > 1 else "none"  # big.LITTLE / P+E cores: the big ones
     data = {
@@ -166,7 +167,7 @@ def detect_profile(name: str = "this-machine") -> dict:
         "description": f"this machine: {cpu}, {logical} logical / {physical} physical cores at {ghz:.2f} GHz; "
         f"flags: {' '.join(f for f in _REPORTED_FLAGS if f in flags) or 'none found'}",
         "device": {"arch": arch, "cores": logical, "ram_gb": round(max(ram / 2**30, 0.01), 2), "cpu": cpu,
-                   **({"isa": isa_features(flags)} if isa_features(flags) else {})},
+                   **({"isa": isa} if isa else {})},
         "limits": {
             "model_ram_mb": max(1, int(ram / 2**20 * 0.25)),  # a quarter of RAM: the rest is the OS and the app
             "model_storage_mb": max(1, min(16384, int(free_mb * 0.25))),

@@ -253,6 +253,7 @@ def _lm_readme(art: dict) -> list[str]:
 def bundle_readme(manifest: dict) -> str:
     """README.md for the app developer: runtime and version, inputs/outputs, app snippets, on-device benchmark."""
     from edgeopt.appnotes import app_notes
+    from edgeopt.profiles import AFFINITIES
     from edgeopt.tokenizer_bundle import readme_section
 
     art = manifest["artifacts"][0]
@@ -263,7 +264,7 @@ def bundle_readme(manifest: dict) -> str:
     targets = execution.get(art.get("runtime")) if isinstance(execution, dict) else None
     notes = app_notes(art, manifest.get("toolchain", {}), threads=threads,
                       targets=targets if isinstance(targets, list) else None, spinning=spinning,
-                      affinity=compute.get("affinity") if compute.get("affinity") in ("none", "fastest") else "none")
+                      affinity=compute.get("affinity") if compute.get("affinity") in AFFINITIES else "none")
     version = notes.version or "(not recorded: see manifest.json)"
 
     def io_lines(specs):

@@ -394,10 +394,10 @@ def _packed_qkv_names(fused, unfused, names: dict[str, str]) -> dict[str, str]:
     import numpy as np
     from onnx import numpy_helper
 
-    by_shape: dict[tuple, list] = {}
+    by_shape: dict[tuple, list] = {}  # each candidate weight decoded once
     for init in unfused.graph.initializer:
         if init.name in names:
-            by_shape.setdefault(tuple(init.dims), []).append((init.name, init))
+            by_shape.setdefault(tuple(init.dims), []).append((init.name, numpy_helper.to_array(init)))
     inits = {i.name: i for i in fused.graph.initializer}
     out = {}
     for node in fused.graph.node:
@@ -406,8 +406,8 @@ def _packed_qkv_names(fused, unfused, names: dict[str, str]) -> dict[str, str]:
         packed = numpy_helper.to_array(inits[node.input[1]])
         parts = []
         for block in np.split(packed, 3, axis=1):
-            match = next((names[n] for n, i in by_shape.get(block.shape, [])
-                          if np.array_equal(numpy_helper.to_array(i), block)), None)
+            match = next((names[n] for n, array in by_shape.get(block.shape, []) if np.array_equal(array, block)),
+                         None)
             parts.append(match)
         if all(parts):
             out[node.input[1]] = PACKED_SEPARATOR.join(parts)

@@ -819,6 +819,12 @@ def profile_compute(manifest):
     return compute if isinstance(compute, dict) else {}
 
 
+def profile_threads(manifest):
+    """The profile's ``compute.threads`` when it is a positive integer, else None."""
+    wanted = profile_compute(manifest).get("threads")
+    return wanted if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0 else None
+
+
 def core_max_freqs(cpus):
     """{cpu id: cpuinfo_max_freq in kHz} for the ``cpus`` whose cpufreq tells it (Linux, Android)."""
     out = {}
@@ -837,8 +843,7 @@ def pick_affinity(manifest, args):
     core type (or no cpufreq to read) pinning gains nothing and the scheduler keeps its freedom."""
     if args.cores is not None:
         return {"mode": "cores", "cores": list(args.cores), "reason": "--cores"}, list(args.cores)
-    mode = profile_compute(manifest).get("affinity", "none")
-    if mode != "fastest":
+    if profile_compute(manifest).get("affinity", "none") != "fastest":
         return {"mode": "none", "cores": None, "reason": "profile compute.affinity: none"}, None
     if not hasattr(os, "sched_getaffinity"):
         return {"mode": "none", "cores": None, "reason": "no sched_getaffinity on this OS"}, None
@@ -848,9 +853,7 @@ def pick_affinity(manifest, args):
         why = "every usable core has the same maximum frequency" if len(freqs) == len(cpus) else \
             "cpufreq gives no maximum frequency for every core"
         return {"mode": "none", "cores": None, "reason": "profile asks for fastest, but " + why}, None
-    wanted = args.threads or profile_compute(manifest).get("threads") or len(cpus)
-    if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
-        wanted = len(cpus)
+    wanted = args.threads or profile_threads(manifest) or len(cpus)
     chosen = sorted(sorted(cpus, key=lambda c: (-freqs[c], c))[:wanted])
     return {"mode": "fastest", "cores": chosen, "reason": "profile compute.affinity: fastest (max kHz %s)"
             % ",".join(str(freqs[c]) for c in chosen)}, chosen
@@ -878,12 +881,8 @@ def default_threads(manifest, cores):
         available = len(os.sched_getaffinity(0))
     else:
         available = os.cpu_count() or 1
-    profile = manifest.get("profile")
-    compute = profile.get("compute") if isinstance(profile, dict) else None
-    wanted = compute.get("threads") if isinstance(compute, dict) else None
-    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
-        return min(wanted, available)
-    return available
+    wanted = profile_threads(manifest)
+    return min(wanted, available) if wanted else available
 
 
 # ------------------------------------------------------------------------------------------ result
@@ -1271,16 +1270,12 @@ def probe_in_child(file_name, runtime, run_once):
             code = 1
         finally:
             os._exit(code)
-    while True:
-        try:
-            status = os.waitpid(pid, 0)[1]
-            break
-        except InterruptedError:  # pragma: no cover - retried by Python itself since 3.5
-            continue
-        except KeyboardInterrupt:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise
+    try:
+        status = os.waitpid(pid, 0)[1]  # EINTR is retried by Python itself (PEP 475)
+    except KeyboardInterrupt:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
